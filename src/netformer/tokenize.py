@@ -1,0 +1,529 @@
+"""Rank value encoding of transcriptomes (Geneformer's ``TranscriptomeTokenizer``).
+
+For each cell and each gene ``g`` of the token dictionary with a non-zero count::
+
+    x_g = count_g / n_counts * target_sum / median_g
+
+where ``n_counts`` is the cell's total count over all genes of the file (``obs["n_counts"]`` as
+upstream, or the row sum when that column is absent) and ``median_g`` is the gene median. Genes
+are sorted by ``x_g`` descending and mapped to token ids; the top ``model_input_size`` are kept
+(V1 / gc30M: 2,048, no special tokens) or the top ``model_input_size - 2`` are wrapped in
+``<cls>`` ... ``<eos>`` (V2 / gc104M: input size 4,096).
+
+Differences from upstream (Theodoris et al. 2023, ``geneformer/tokenizer.py``), all deliberate:
+
+- **Deterministic ties.** Upstream ranks with ``np.argsort(-x)``, an unstable sort, so genes with
+  equal ``x_g`` come out in an arbitrary order. We break ties by ascending token id. Output equals
+  upstream's wherever a cell has no ties, and is a fixed permutation within tied groups otherwise.
+- **Streaming.** The count matrix is read in row chunks straight from disk (h5ad/zarr/loom) and
+  normalised in sparse form, so peak memory does not grow with the number of cells. Ranking is one
+  vectorised ``lexsort`` per chunk instead of a Python loop of per-cell argsorts over a dense chunk.
+- **Duplicate gene ids** (after mapping through the Ensembl mapping dictionary) are summed by a
+  sparse aggregation matrix, as upstream's ``sum_ensembl_ids`` does with pandas groupby.
+- **Cells with no mapped gene** are skipped and counted in the summary (upstream emits empty
+  sequences); counts are checked (finite, non-negative, integer) and bad values raise.
+
+Output: a Hugging Face :class:`datasets.Dataset` with ``input_ids`` (list of int32), ``length``
+(int32), ``cell_id`` and the requested obs columns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from ._io import atomic_dir
+from .errors import ConfigError, GeneIdError, InputDataError
+from .genes import GeneVocab, looks_like_ensembl
+from .readers import CountSource, open_counts
+
+log = logging.getLogger(__name__)
+
+_ID_COLUMNS = ("ensembl_id", "gene_ids", "gene_id", "feature_id", "ensembl")
+
+
+@dataclass
+class TokenizerConfig:
+    """Settings of :class:`TranscriptomeTokenizer`.
+
+    Attributes
+    ----------
+    model_input_size
+        Length of the model input, special tokens included (V1: 2,048; V2: 4,096).
+    special_tokens
+        Wrap cells as ``<cls>`` ... ``<eos>``. ``None`` (default): True if the vocabulary has
+        both tokens (Geneformer V2 convention), else False.
+    target_sum
+        Normalisation total (10,000 as upstream).
+    chunk_size
+        Cells read and encoded at a time; bounds peak memory.
+    gene_id_column
+        var column holding gene ids; ``None`` = var index; ``"auto"`` (default) = the var index
+        if it looks like Ensembl ids, else the first of ``ensembl_id``, ``gene_ids``, ``gene_id``,
+        ``feature_id`` present, else the index mapped through the vocabulary's mapping dictionary.
+    obs_columns
+        obs columns to keep: a list, or a mapping ``{obs column: output column}``.
+    filter_column
+        Optional obs column; only cells where it equals 1/True are tokenized (upstream's
+        ``filter_pass``). Ignored (with a log line) when the column is absent.
+    n_counts_column
+        obs column with each cell's total count; when absent the total is computed from the
+        file over all genes (the same definition) and a warning is logged.
+    check_counts
+        Raise on NaN, infinite, negative or non-integer counts (default True).
+    """
+
+    model_input_size: int = 2048
+    special_tokens: bool | None = None
+    target_sum: float = 10_000.0
+    chunk_size: int = 1024
+    gene_id_column: str | None = "auto"
+    obs_columns: Sequence[str] | Mapping[str, str] = ()
+    filter_column: str | None = "filter_pass"
+    n_counts_column: str = "n_counts"
+    check_counts: bool = True
+
+    def __post_init__(self) -> None:
+        if self.model_input_size < 3:
+            raise ConfigError("model_input_size must be at least 3")
+        if self.chunk_size < 1:
+            raise ConfigError("chunk_size must be positive")
+        if self.target_sum <= 0:
+            raise ConfigError("target_sum must be positive")
+
+
+@dataclass
+class TokenizeSummary:
+    """What a tokenization run did: counts of cells and the mapped fraction of counts."""
+
+    n_cells_in: int = 0
+    n_cells_out: int = 0
+    n_cells_filtered: int = 0
+    n_cells_no_genes: int = 0
+    n_genes_file: int = 0
+    n_genes_mapped: int = 0
+    n_duplicate_ids: int = 0
+    mean_length: float = 0.0
+    mapped_count_fraction: float = 0.0
+    n_truncated: int = 0
+    files: list[str] = field(default_factory=list)
+
+    def merge(self, other: "TokenizeSummary") -> "TokenizeSummary":
+        """Pool two summaries (cell-weighted means)."""
+        out = TokenizeSummary()
+        for k in ("n_cells_in", "n_cells_out", "n_cells_filtered", "n_cells_no_genes", "n_truncated",
+                  "n_genes_file", "n_genes_mapped", "n_duplicate_ids"):
+            setattr(out, k, getattr(self, k) + getattr(other, k))
+        n = max(out.n_cells_out, 1)
+        out.mean_length = (self.mean_length * self.n_cells_out + other.mean_length * other.n_cells_out) / n
+        out.mapped_count_fraction = (
+            self.mapped_count_fraction * self.n_cells_out + other.mapped_count_fraction * other.n_cells_out
+        ) / n
+        out.files = self.files + other.files
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# The core: rank value encoding of a normalised sparse block
+# --------------------------------------------------------------------------------------------
+def rank_value_encode(
+    values: sp.csr_matrix, token_ids: np.ndarray, max_genes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rank the non-zero entries of each row by value and return their token ids.
+
+    Parameters
+    ----------
+    values
+        (n_cells, n_genes) CSR matrix of normalised values ``x_g`` (explicit zeros are ignored).
+    token_ids
+        (n_genes,) int array: token id of each column.
+    max_genes
+        Keep at most this many genes per cell (the highest-ranked).
+
+    Returns
+    -------
+    (ids, offsets)
+        ``ids`` (int32, concatenated over cells) and ``offsets`` (int64, n_cells + 1) such that
+        cell ``i`` is ``ids[offsets[i]:offsets[i+1]]``, ordered by ``x_g`` descending with ties
+        broken by ascending token id.
+    """
+    values = sp.csr_matrix(values)
+    values.eliminate_zeros()
+    n = values.shape[0]
+    counts = np.diff(values.indptr)
+    rows = np.repeat(np.arange(n), counts)
+    toks = np.asarray(token_ids)[values.indices]
+    order = np.lexsort((toks, -values.data, rows))
+    toks = toks[order]
+    pos = np.arange(toks.size) - np.repeat(values.indptr[:-1], counts)
+    keep = pos < max_genes
+    kept = np.minimum(counts, max_genes)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(kept, out=offsets[1:])
+    return toks[keep].astype(np.int32), offsets
+
+
+def _wrap_special(ids: np.ndarray, offsets: np.ndarray, cls_id: int, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Insert ``cls_id`` before and ``eos_id`` after every cell's ids."""
+    n = offsets.size - 1
+    lengths = np.diff(offsets) + 2
+    new_off = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_off[1:])
+    out = np.empty(new_off[-1], dtype=np.int32)
+    out[new_off[:-1]] = cls_id
+    out[new_off[1:] - 1] = eos_id
+    inner = np.ones(out.size, dtype=bool)
+    inner[new_off[:-1]] = False
+    inner[new_off[1:] - 1] = False
+    out[inner] = ids
+    return out, new_off
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------------
+class TranscriptomeTokenizer:
+    """Rank value encoding of raw counts into ``input_ids`` (Geneformer-compatible).
+
+    Parameters
+    ----------
+    vocab
+        :class:`~netformer.genes.GeneVocab`: token dictionary, gene medians, id mapping.
+    config
+        :class:`TokenizerConfig`; keyword overrides are applied on top of it.
+
+    Examples
+    --------
+    >>> vocab = GeneVocab.from_geneformer("../shared/data/genes/geneformer_gc104M")  # doctest: +SKIP
+    >>> tok = TranscriptomeTokenizer(vocab, model_input_size=4096, obs_columns=["cell_type"])  # doctest: +SKIP
+    >>> ds = tok.tokenize("pbmc.h5ad")  # doctest: +SKIP
+    """
+
+    def __init__(self, vocab: GeneVocab, config: TokenizerConfig | None = None, **overrides) -> None:
+        cfg = asdict(config) if config is not None else {}
+        cfg.update(overrides)
+        self.config = TokenizerConfig(**cfg)
+        self.vocab = vocab
+        special = self.config.special_tokens
+        if special is None:
+            special = vocab.has_cls_eos
+        if special and not vocab.has_cls_eos:
+            raise ConfigError(
+                f"special_tokens=True but the token dictionary '{vocab.name}' has no <cls>/<eos>"
+            )
+        self.special_tokens = bool(special)
+        self.max_genes = self.config.model_input_size - (2 if self.special_tokens else 0)
+        self.summary = TokenizeSummary()
+
+    # -- gene handling -------------------------------------------------------------------------
+    def _gene_ids(self, var: pd.DataFrame, name: str) -> np.ndarray:
+        col = self.config.gene_id_column
+        if col == "auto":
+            if looks_like_ensembl(var.index):
+                ids = var.index
+            else:
+                found = next((c for c in _ID_COLUMNS if c in var.columns), None)
+                if found is not None:
+                    log.info("%s: var index is not Ensembl ids; using var[%r]", name, found)
+                    ids = var[found]
+                elif self.vocab.ensembl_mapping is not None:
+                    log.info("%s: mapping var index (symbols) through the Ensembl mapping dictionary", name)
+                    ids = var.index
+                else:
+                    raise GeneIdError(
+                        f"{name}: the var index looks like gene symbols (e.g. {list(var.index[:3])}) but the "
+                        f"token dictionary '{self.vocab.name}' is keyed by Ensembl ids and has no mapping "
+                        "dictionary. Pass gene_id_column='<var column with Ensembl ids>', or add Ensembl ids "
+                        "with netformer.genes.symbol_to_ensembl(adata.var_names)."
+                    )
+        elif col is None:
+            ids = var.index
+        else:
+            if col not in var.columns:
+                raise GeneIdError(f"{name}: var has no column {col!r}; columns are {list(var.columns)}")
+            ids = var[col]
+        return np.asarray(pd.Series(ids).astype(object).where(pd.notna(pd.Series(ids)), None))
+
+    def _aggregation(self, var: pd.DataFrame, name: str, summary: TokenizeSummary):
+        """Sparse (n_vars, n_used) 0/1 matrix summing file genes into vocabulary genes."""
+        mapped = self.vocab.map_ids(self._gene_ids(var, name))
+        ok = np.array([m is not None for m in mapped])
+        if not ok.any():
+            raise GeneIdError(
+                f"{name}: none of its {len(mapped)} genes is in the token dictionary '{self.vocab.name}'. "
+                "Check the species and the gene id column (gene_id_column=...)."
+            )
+        used, col = np.unique(mapped[ok].astype(str), return_inverse=True)
+        n_dup = int(ok.sum() - used.size)
+        if n_dup:
+            log.info("%s: %d genes share an id after mapping; their counts are summed", name, n_dup)
+        agg = sp.csr_matrix(
+            (np.ones(ok.sum()), (np.flatnonzero(ok), col)), shape=(len(mapped), used.size)
+        )
+        tokens = np.array([self.vocab.token_dict[g] for g in used], dtype=np.int64)
+        medians = np.array([self.vocab.gene_median[g] for g in used], dtype=np.float64)
+        summary.n_genes_file += len(mapped)
+        summary.n_genes_mapped += int(used.size)
+        summary.n_duplicate_ids += n_dup
+        return agg, tokens, medians
+
+    def _check_counts(self, block: sp.csr_matrix, name: str, first_row: int) -> None:
+        data = block.data
+        if data.size == 0:
+            return
+        if not np.all(np.isfinite(data)):
+            raise InputDataError(f"{name}: counts contain NaN or infinite values (near cell {first_row}); "
+                                 "tokenize raw UMI counts, not a processed matrix")
+        if data.min() < 0:
+            raise InputDataError(f"{name}: counts contain negative values (near cell {first_row}); "
+                                 "tokenize raw counts, not scaled or log-transformed data")
+        if np.issubdtype(data.dtype, np.floating) and not np.all(data == np.round(data)):
+            raise InputDataError(
+                f"{name}: counts are not integers (near cell {first_row}); the rank value encoding expects raw "
+                "UMI counts (adata.raw or layers['counts']). Pass check_counts=False to tokenize anyway."
+            )
+
+    # -- encoding ------------------------------------------------------------------------------
+    def _encode_source(self, src: CountSource, summary: TokenizeSummary) -> Iterator[pa.Table]:
+        cfg = self.config
+        agg, tokens, medians = self._aggregation(src.var, src.name, summary)
+        obs = src.obs
+        mask = None
+        if cfg.filter_column:
+            if cfg.filter_column in obs.columns:
+                mask = np.asarray(obs[cfg.filter_column]).astype(float) == 1
+                summary.n_cells_filtered += int((~mask).sum())
+            else:
+                log.debug("%s has no obs column %r; tokenizing all cells", src.name, cfg.filter_column)
+        has_n_counts = cfg.n_counts_column in obs.columns
+        if not has_n_counts:
+            log.warning("%s has no obs[%r]; using each cell's total count over all genes in the file",
+                        src.name, cfg.n_counts_column)
+        keep_cols = dict(cfg.obs_columns) if isinstance(cfg.obs_columns, Mapping) else {c: c for c in cfg.obs_columns}
+        missing = [c for c in keep_cols if c not in obs.columns]
+        if missing:
+            raise InputDataError(f"{src.name}: obs has no column(s) {missing}; columns are {list(obs.columns)}")
+        summary.n_cells_in += src.n_obs
+        cell_ids = obs.index.astype(str).to_numpy()
+        lengths_total = 0
+        mapped_frac_total = 0.0
+        for rows, block in tqdm(
+            src.chunks(cfg.chunk_size, mask), total=-(-src.n_obs // cfg.chunk_size),
+            desc=f"tokenizing {src.name}", unit="chunk", leave=False, disable=None,
+        ):
+            if cfg.check_counts:
+                self._check_counts(block, src.name, int(rows[0]))
+            total = block.sum(axis=1).A1.astype(np.float64)
+            n_counts = np.asarray(obs[cfg.n_counts_column].to_numpy()[rows], dtype=np.float64) if has_n_counts else total
+            genes = sp.csr_matrix(block @ agg)
+            genes.eliminate_zeros()
+            mapped_total = genes.sum(axis=1).A1.astype(np.float64)
+            ok = np.diff(genes.indptr) > 0
+            if (n_counts[ok] <= 0).any():
+                raise InputDataError(f"{src.name}: obs[{cfg.n_counts_column!r}] is zero or negative for cells with counts")
+            summary.n_cells_no_genes += int((~ok).sum())
+            if not ok.all():
+                genes, rows, n_counts = genes[ok], rows[ok], n_counts[ok]
+                total, mapped_total = total[ok], mapped_total[ok]
+            if genes.shape[0] == 0:
+                continue
+            # x_g = count / n_counts * target_sum / median  (same operation order as upstream)
+            row_of = np.repeat(np.arange(genes.shape[0]), np.diff(genes.indptr))
+            x = genes.data.astype(np.float64) / n_counts[row_of] * cfg.target_sum / medians[genes.indices]
+            normed = sp.csr_matrix((x, genes.indices, genes.indptr), shape=genes.shape)
+            ids, offsets = rank_value_encode(normed, tokens, self.max_genes)
+            summary.n_truncated += int((np.diff(genes.indptr) > self.max_genes).sum())
+            if self.special_tokens:
+                ids, offsets = _wrap_special(ids, offsets, self.vocab.cls_id, self.vocab.eos_id)
+            lengths = np.diff(offsets).astype(np.int32)
+            lengths_total += int(lengths.sum())
+            mapped_frac_total += float((mapped_total / np.maximum(total, 1e-12)).sum())
+            columns = {
+                "input_ids": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids)),
+                "length": pa.array(lengths),
+                "cell_id": pa.array(cell_ids[rows]),
+            }
+            for src_col, out_col in keep_cols.items():
+                columns[out_col] = pa.array(_arrow_friendly(obs[src_col].to_numpy()[rows]))
+            summary.n_cells_out += len(rows)
+            yield pa.table(columns)
+        n = max(summary.n_cells_out, 1)
+        summary.mean_length = lengths_total / n
+        summary.mapped_count_fraction = mapped_frac_total / n
+        summary.files.append(src.name)
+        if summary.n_cells_no_genes:
+            log.warning("%s: skipped %d cells with no gene in the token dictionary", src.name, summary.n_cells_no_genes)
+
+    def iter_tables(self, source) -> Iterator[pa.Table]:
+        """Yield Arrow tables of tokenized cells, one per chunk, for one file or AnnData.
+
+        The per-source :class:`TokenizeSummary` is merged into ``self.summary``.
+        """
+        summary = TokenizeSummary()
+        with open_counts(source) as src:
+            yield from self._encode_source(src, summary)
+        self.summary = self.summary.merge(summary)
+
+    def tokenize(self, source) -> "datasets.Dataset":  # noqa: F821
+        """Tokenize one file or AnnData into an in-memory :class:`datasets.Dataset`.
+
+        Raises :class:`InputDataError` if no cell could be tokenized.
+        """
+        import datasets
+
+        tables = list(self.iter_tables(source))
+        if not tables:
+            raise InputDataError("no cell was tokenized: all cells were filtered out or had no mapped gene")
+        return datasets.Dataset(pa.concat_tables(tables))
+
+    def write(self, sources: Iterable, out_dir: str | Path, overwrite: bool = False) -> TokenizeSummary:
+        """Tokenize files (streamed) into a dataset directory readable by ``datasets.load_from_disk``.
+
+        The directory also holds ``netformer_tokenizer.json`` (config, vocabulary name, summary).
+        Output is written to a temporary directory and renamed into place; raises
+        :class:`~netformer.errors.OutputExistsError` if ``out_dir`` exists and not ``overwrite``.
+        """
+        import datasets
+        from datasets.arrow_writer import ArrowWriter
+
+        if isinstance(sources, (str, Path)) or not isinstance(sources, Iterable):
+            sources = [sources]
+        self.summary = TokenizeSummary()
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            raw = tmp / "_raw.arrow"
+            schema = None
+            with ArrowWriter(path=str(raw)) as writer:
+                for source in sources:
+                    for table in self.iter_tables(source):
+                        if schema is None:
+                            schema = table.schema
+                        elif table.schema != schema:
+                            table = table.cast(schema)
+                        writer.write_table(table)
+                writer.finalize()
+            if self.summary.n_cells_out == 0:
+                raise InputDataError("no cell was tokenized: all cells were filtered out or had no mapped gene")
+            ds = datasets.Dataset.from_file(str(raw))
+            ds.save_to_disk(str(tmp / "dataset"))
+            del ds
+            raw.unlink()
+            for p in (tmp / "dataset").iterdir():
+                p.rename(tmp / p.name)
+            (tmp / "dataset").rmdir()
+            info = {
+                "vocab": self.vocab.name,
+                "vocab_size": self.vocab.vocab_size,
+                "special_tokens": self.special_tokens,
+                "config": asdict(self.config),
+                "summary": asdict(self.summary),
+            }
+            (tmp / "netformer_tokenizer.json").write_text(json.dumps(info, indent=2, default=str))
+        log.info("tokenized %d cells (mean length %.0f) into %s", self.summary.n_cells_out,
+                 self.summary.mean_length, out_dir)
+        return self.summary
+
+
+def _arrow_friendly(values: np.ndarray) -> np.ndarray | list:
+    """Categoricals and objects become strings (NaN -> None); numbers stay numbers."""
+    if values.dtype.kind in "biuf":
+        return values
+    return [None if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v) for v in values]
+
+
+def load_tokenized(path: str | Path) -> "datasets.Dataset":  # noqa: F821
+    """Load a tokenized dataset directory written by :meth:`TranscriptomeTokenizer.write`."""
+    import datasets
+
+    path = Path(path)
+    if not (path / "state.json").exists():
+        raise InputDataError(f"{path} is not a tokenized dataset directory (no state.json); run `netformer tokenize` first")
+    return datasets.load_from_disk(str(path))
+
+
+def build_vocab(
+    sources: Iterable,
+    *,
+    gene_id_column: str | None = "auto",
+    min_cells: int = 10,
+    target_sum: float = 10_000.0,
+    special_tokens: Sequence[str] = ("<pad>", "<mask>", "<cls>", "<eos>"),
+    chunk_size: int = 2048,
+    name: str = "custom",
+) -> GeneVocab:
+    """Build a token dictionary and gene median dictionary from a corpus of count files.
+
+    The gene median of ``g`` is the median, over all cells where ``g`` is detected, of
+    ``count_g / n_counts * target_sum`` (Geneformer's non-zero median; upstream approximates it
+    with t-digests over 30M cells, we compute it exactly). Genes detected in fewer than
+    ``min_cells`` cells are left out. Gene ids are taken as in :class:`TokenizerConfig`
+    (``gene_id_column``), upper-cased, and duplicates summed.
+
+    Parameters
+    ----------
+    sources
+        Paths (.h5ad/.zarr/.loom) or AnnData objects of raw counts.
+
+    Returns
+    -------
+    GeneVocab
+        Special tokens first (ids 0..), then genes in sorted id order.
+    """
+    if isinstance(sources, (str, Path)) or not isinstance(sources, Iterable):
+        sources = [sources]
+    gene_vals: dict[str, list[np.ndarray]] = {}
+    for source in sources:
+        with open_counts(source) as src:
+            ids = _corpus_ids(src, gene_id_column)
+            ok = np.array([i is not None for i in ids])
+            used, col = np.unique(ids[ok].astype(str), return_inverse=True)
+            agg = sp.csr_matrix((np.ones(ok.sum()), (np.flatnonzero(ok), col)), shape=(len(ids), used.size))
+            parts_g, parts_v = [], []
+            for _, block in tqdm(src.chunks(chunk_size), desc=f"gene medians {src.name}", leave=False, disable=None):
+                total = block.sum(axis=1).A1.astype(np.float64)
+                genes = sp.csr_matrix(block @ agg)
+                genes.eliminate_zeros()
+                row_of = np.repeat(np.arange(genes.shape[0]), np.diff(genes.indptr))
+                parts_v.append((genes.data / total[row_of] * target_sum).astype(np.float64))
+                parts_g.append(genes.indices.copy())
+            g = np.concatenate(parts_g)
+            v = np.concatenate(parts_v)
+            order = np.argsort(g, kind="stable")
+            g, v = g[order], v[order]
+            bounds = np.flatnonzero(np.diff(g)) + 1
+            for gi, chunk in zip(g[np.r_[0, bounds]] if g.size else [], np.split(v, bounds) if g.size else []):
+                gene_vals.setdefault(used[gi], []).append(chunk)
+    medians = {}
+    for gene, chunks in gene_vals.items():
+        vals = np.concatenate(chunks)
+        if vals.size >= min_cells:
+            medians[gene] = float(np.median(vals))
+    if not medians:
+        raise InputDataError(f"no gene is detected in at least min_cells={min_cells} cells")
+    log.info("built vocabulary '%s': %d genes", name, len(medians))
+    return GeneVocab.from_medians(medians, special_tokens=special_tokens, name=name)
+
+
+def _corpus_ids(src: CountSource, gene_id_column: str | None) -> np.ndarray:
+    var = src.var
+    if gene_id_column == "auto":
+        if looks_like_ensembl(var.index):
+            ids = var.index
+        else:
+            found = next((c for c in _ID_COLUMNS if c in var.columns), None)
+            ids = var[found] if found else var.index
+    elif gene_id_column is None:
+        ids = var.index
+    else:
+        if gene_id_column not in var.columns:
+            raise GeneIdError(f"{src.name}: var has no column {gene_id_column!r}")
+        ids = var[gene_id_column]
+    return np.array([None if pd.isna(i) else str(i).upper() for i in ids], dtype=object)
