@@ -123,3 +123,36 @@ def test_bad_config_raises(pbmc_labeled):
         annotate_pbmc(pbmc_labeled[:50].copy(), resolution=0)
     with pytest.raises(ConfigError, match="n_pcs"):
         AnnotationConfig(n_pcs=60, n_comps=50).validate()
+
+
+def test_cli_on_symbol_indexed_pbmcs(scrna, tmp_path):
+    """Kang 2018 PBMCs (symbol var index): CLI writes a CSV whose labels follow their markers."""
+    import typer
+    from typer.testing import CliRunner
+
+    from netformer.annotate import register
+    from netformer.errors import OutputExistsError
+
+    app = typer.Typer()
+    register(app)
+    app.callback()(lambda: None)
+    src = scrna / "kang2018_ifnb_ctrl_stim_2000cells_raw.h5ad"
+    out = tmp_path / "labels.csv"
+    result = CliRunner().invoke(app, ["annotate", str(src), str(out), "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out, index_col="barcode")
+    kang = ad.read_h5ad(src)
+    assert table.index.equals(kang.obs_names)
+    assert {"CD4 T cells", "B cells", "NK cells", "CD14+ Monocytes"} <= set(table["cell_type"])
+    # each of these types is the label with the highest mean expression of its lead marker
+    expr = pd.DataFrame({g: np.asarray(kang[:, g].X.todense()).ravel() for g in ["MS4A1", "LYZ", "GNLY"]},
+                        index=kang.obs_names)
+    by_label = expr.groupby(table["cell_type"]).mean()
+    assert by_label["MS4A1"].idxmax() == "B cells"
+    assert by_label["GNLY"].idxmax() == "NK cells"
+    assert by_label.loc[["CD4 T cells", "B cells", "NK cells"], "LYZ"].max() < by_label.loc[
+        "CD14+ Monocytes", "LYZ"]
+    before = out.read_bytes()
+    again = CliRunner().invoke(app, ["annotate", str(src), str(out)])
+    assert isinstance(again.exception, OutputExistsError)
+    assert out.read_bytes() == before

@@ -35,9 +35,11 @@ is found at all :class:`~netformer.errors.InputDataError` is raised.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -375,7 +377,10 @@ def annotate_by_markers(
         name=key_added or "cell_type",
     )
     counts = labels.value_counts()
-    log.info("annotated %d cells: %s", len(labels), ", ".join(f"{k} {v}" for k, v in counts.items()))
+    log.info("annotated %d cells: %s", len(labels), ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+    absent = [t for t, v in counts.items() if v == 0]
+    if absent:
+        log.info("no cluster named %s", ", ".join(absent))
     if key_added is not None:
         adata.obs[key_added] = labels
         adata.obs[f"{key_added}_cluster"] = pd.Categorical(clusters.to_numpy())
@@ -421,3 +426,90 @@ def annotate_pbmc(
     """
     return annotate_by_markers(adata, PBMC_MARKERS, config=config, resolution=resolution,
                                random_state=random_state, key_added=key_added)
+
+
+def load_markers(path: str | Path) -> dict[str, list[str]]:
+    """Read a marker table from JSON: ``{"cell type": ["GENE1", "GENE2"], ...}``.
+
+    Raises:
+        InputDataError: the file is missing, not JSON, or not a mapping of names to gene lists.
+    """
+    path = Path(path)
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputDataError(f"cannot read marker table {path}: {exc}; give a JSON file "
+                             '{"cell type": ["GENE1", "GENE2"], ...}.') from exc
+    if not isinstance(table, dict) or not all(
+        isinstance(v, list) and all(isinstance(g, str) for g in v) for v in table.values()
+    ):
+        raise InputDataError(f"marker table {path} must map each cell type to a list of gene names.")
+    return {str(k): list(v) for k, v in table.items()}
+
+
+def annotate_file(
+    input_path: str | Path,
+    output_csv: str | Path,
+    *,
+    markers: Mapping[str, Sequence[str]] | None = None,
+    config: AnnotationConfig | None = None,
+    overwrite: bool = False,
+) -> pd.DataFrame:
+    """Annotate the raw counts of an ``.h5ad`` file and write ``barcode,cell_type,cluster`` as CSV.
+
+    Args:
+        input_path: h5ad with raw counts in ``X``.
+        output_csv: CSV written atomically (temp file + rename).
+        markers: marker table (default :data:`PBMC_MARKERS`).
+        config: settings (default :class:`AnnotationConfig` ()).
+        overwrite: replace an existing ``output_csv``.
+
+    Returns:
+        The table written (index: barcodes).
+
+    Raises:
+        OutputExistsError: ``output_csv`` exists and ``overwrite`` is False (checked before any work).
+        CorruptFileError: the input cannot be read as h5ad.
+        InputDataError, ConfigError: as :func:`annotate_by_markers`.
+    """
+    from ._io import atomic_file, check_output
+    from .errors import CorruptFileError
+
+    check_output(output_csv, overwrite)
+    try:
+        adata = ad.read_h5ad(input_path)
+    except FileNotFoundError as exc:
+        raise InputDataError(f"input file {input_path} does not exist; check the path.") from exc
+    except Exception as exc:  # h5py / anndata raise various types on truncated or foreign files
+        raise CorruptFileError(f"cannot read {input_path} as h5ad ({exc}); check that the file is a "
+                               "complete AnnData .h5ad file.") from exc
+    labels = annotate_by_markers(adata, markers or PBMC_MARKERS, config=config, key_added="cell_type")
+    table = pd.DataFrame({"cell_type": labels.astype(str), "cluster": adata.obs["cell_type_cluster"].astype(str)})
+    table.index.name = "barcode"
+    with atomic_file(output_csv, overwrite=overwrite) as tmp:
+        table.to_csv(tmp)
+    return table
+
+
+def register(app) -> None:
+    """Add ``netformer annotate INPUT.h5ad OUTPUT.csv`` to the CLI (a thin layer over :func:`annotate_file`)."""
+    import typer
+
+    @app.command("annotate")
+    def annotate_cmd(
+        input_path: Path = typer.Argument(..., help="h5ad file with raw counts in X."),
+        output_csv: Path = typer.Argument(..., help="CSV to write: barcode,cell_type,cluster."),
+        markers: Path | None = typer.Option(None, help="JSON marker table; default: the PBMC markers."),
+        resolution: float = typer.Option(1.0, help="Leiden resolution."),
+        seed: int = typer.Option(0, help="Random seed of PCA, neighbours and Leiden."),
+        overwrite: bool = typer.Option(False, help="Replace an existing output file."),
+    ) -> None:
+        """Name cells by marker genes (Leiden clusters scored on known markers)."""
+        table = annotate_file(
+            input_path, output_csv,
+            markers=load_markers(markers) if markers is not None else None,
+            config=AnnotationConfig(resolution=resolution, random_state=seed),
+            overwrite=overwrite,
+        )
+        counts = table["cell_type"].value_counts()
+        typer.echo(f"wrote {output_csv}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
