@@ -1,0 +1,43 @@
+"""One-shot selection of perturbation experiments (GraphReach, MaxSpec) and active-learning baselines.
+
+Panagopoulos et al. 2025 (arXiv 2503.14571): choose which B perturbations to measure from the gene
+graph alone by greedy maximisation of a monotone submodular criterion over the model's propagation
+operator ``P = A_hat^L``; compare with active learning (IterPert, Huang et al. 2024). See docs/select.md.
+"""
+
+from .criteria import (
+    Criterion,
+    GraphReachCoverage,
+    GraphReachFacility,
+    MaxSpec,
+    degree_scores,
+    pagerank_scores,
+)
+from .graph import (
+    BudgetError,
+    CandidatePool,
+    GeneGraph,
+    check_budget,
+    default_go_graph_path,
+    gcn_normalize,
+    load_edge_list,
+    propagation_operator,
+    resolve_candidates,
+)
+from .greedy import (
+    METHODS,
+    GreedyTrace,
+    SelectConfig,
+    SelectionResult,
+    Selector,
+    lazy_greedy,
+    plain_greedy,
+    select,
+)
+
+__all__ = [
+    "BudgetError", "CandidatePool", "Criterion", "GeneGraph", "GraphReachCoverage", "GraphReachFacility",
+    "GreedyTrace", "METHODS", "MaxSpec", "SelectConfig", "SelectionResult", "Selector", "check_budget",
+    "default_go_graph_path", "degree_scores", "gcn_normalize", "lazy_greedy", "load_edge_list",
+    "pagerank_scores", "plain_greedy", "propagation_operator", "resolve_candidates", "select",
+]
