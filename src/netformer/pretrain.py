@@ -1,0 +1,237 @@
+"""Masked gene pretraining (Geneformer's pretraining objective) with the Hugging Face Trainer.
+
+15% of the gene tokens of each cell are selected; of those 80% become ``<mask>``, 10% a random gene
+token and 10% stay unchanged (BERT's masking, as upstream via ``DataCollatorForLanguageModeling``);
+the loss is cross-entropy on the selected positions. Batches are grouped by length (upstream
+credits this with a 29x speed-up), AdamW with linear warm-up then linear (V1) or cosine (V2)
+decay. Checkpoints are written every ``save_steps`` into ``output_dir/checkpoints`` and a
+run that was interrupted resumes from the latest one when started again with the same
+``output_dir``. The final model is a plain Hugging Face directory in ``output_dir/model``.
+
+Multi-GPU / multi-node: the Trainer runs under Accelerate / torchrun unchanged, e.g.
+``torchrun --nproc_per_node 8 -m netformer.cli pretrain DATA OUT --preset geneformer-v1-10m``
+or ``accelerate launch -m netformer.cli pretrain ...``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ._io import atomic_file, check_output
+from .errors import ConfigError, DictionaryError, InputDataError
+from .genes import GeneVocab
+from .model import model_config, new_model, save_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of :func:`pretrain` (defaults: a short CPU run; Geneformer V1 used lr 1e-3,
+    10k warm-up steps, weight decay 0.001, linear decay, batch 12 per GPU).
+
+    Attributes
+    ----------
+    preset
+        Model preset (see :mod:`netformer.model`); ``model_overrides`` change single fields.
+    max_length
+        Cells are truncated to this many tokens (default: the preset's input size).
+    epochs, max_steps
+        Training length; ``max_steps > 0`` overrides ``epochs``.
+    lr_scheduler
+        ``"linear"`` (V1) or ``"cosine"`` (V2), after ``warmup_steps`` of linear warm-up.
+    save_steps
+        Checkpoint interval in optimisation steps (also the resume granularity).
+    """
+
+    preset: str = "small"
+    model_overrides: dict | None = None
+    max_length: int | None = None
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.001
+    lr_scheduler: str = "linear"
+    mlm_probability: float = 0.15
+    save_steps: int = 200
+    logging_steps: int = 10
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mlm_probability < 1:
+            raise ConfigError("mlm_probability must be in (0, 1)")
+        if self.lr_scheduler not in ("linear", "cosine", "constant_with_warmup"):
+            raise ConfigError("lr_scheduler must be 'linear', 'cosine' or 'constant_with_warmup'")
+
+
+class GeneMaskingCollator:
+    """Pads cells and applies BERT masking to gene tokens (special tokens are never selected).
+
+    Returns ``input_ids``, ``attention_mask`` and ``labels`` (-100 where not selected) as long
+    tensors of shape (batch, longest cell in the batch, at most ``max_length``).
+    """
+
+    def __init__(self, vocab: GeneVocab, max_length: int, mlm_probability: float = 0.15) -> None:
+        self.pad_id = vocab.pad_id
+        self.mask_id = vocab.mask_id
+        self.special = torch.tensor(vocab.special_ids)
+        self.gene_ids = torch.tensor(sorted(set(vocab.token_dict.values()) - set(vocab.special_ids)))
+        self.max_length = max_length
+        self.p = mlm_probability
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        from .embed import pad_batch
+
+        ids, mask = pad_batch([f["input_ids"] for f in features], self.pad_id, self.max_length)
+        labels = ids.clone()
+        candidates = mask.bool() & ~torch.isin(ids, self.special)
+        selected = (torch.rand(ids.shape) < self.p) & candidates
+        labels[~selected] = -100
+        to_mask = selected & (torch.rand(ids.shape) < 0.8)
+        to_random = selected & ~to_mask & (torch.rand(ids.shape) < 0.5)
+        ids[to_mask] = self.mask_id
+        ids[to_random] = self.gene_ids[torch.randint(len(self.gene_ids), (int(to_random.sum()),))]
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@dataclass
+class PretrainResult:
+    """Where the model went and how the loss moved (per logged step)."""
+
+    model_dir: Path
+    loss_history: list[dict]
+    train_seconds: float
+    n_cells: int
+    n_steps: int
+
+
+def _training_args(cfg: PretrainConfig, out: Path, n_cells: int):
+    from transformers import TrainingArguments
+
+    kw = dict(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        logging_steps=cfg.logging_steps,
+        report_to="none",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=cfg.device == "cpu",
+    )
+    params = inspect.signature(TrainingArguments).parameters
+    if "train_sampling_strategy" in params:
+        kw["train_sampling_strategy"] = "group_by_length"
+    else:  # transformers < 5
+        kw["group_by_length"] = True
+    kw["length_column_name"] = "length"
+    return TrainingArguments(**kw)
+
+
+def pretrain(dataset, vocab: GeneVocab, output_dir: str | Path, config: PretrainConfig | None = None,
+             overwrite: bool = False) -> PretrainResult:
+    """Pretrain a BERT encoder by masked gene prediction.
+
+    Parameters
+    ----------
+    dataset
+        Tokenized :class:`datasets.Dataset` (``input_ids``, ``length``) from
+        :class:`~netformer.tokenize.TranscriptomeTokenizer`.
+    vocab
+        The vocabulary the dataset was tokenized with (saved beside the model).
+    output_dir
+        Holds ``checkpoints/`` (resumable), ``model/`` (final), ``loss_history.json``.
+        An existing directory with checkpoints but no final model is resumed; one with a final
+        model raises :class:`~netformer.errors.OutputExistsError` unless ``overwrite``.
+
+    Raises
+    ------
+    DictionaryError
+        If the dataset's token ids exceed the vocabulary.
+    """
+    import time
+
+    from transformers import Trainer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    cfg = config or PretrainConfig()
+    out = Path(output_dir)
+    if (out / "model").exists():
+        check_output(out / "model", overwrite)
+    if len(dataset) == 0:
+        raise InputDataError("the tokenized dataset is empty")
+    top = max(max(s) for s in dataset.select(range(min(len(dataset), 512)))["input_ids"])
+    if top >= vocab.vocab_size:
+        raise DictionaryError(f"dataset holds token id {top} beyond the vocabulary ({vocab.vocab_size} tokens)")
+    mcfg = model_config(cfg.preset, vocab=vocab, **(cfg.model_overrides or {}))
+    max_len = min(cfg.max_length or mcfg.max_position_embeddings, mcfg.max_position_embeddings)
+    model = new_model(mcfg, seed=cfg.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("pretraining %s (%.2fM parameters) on %d cells, max length %d", cfg.preset, n_params / 1e6,
+             len(dataset), max_len)
+    out.mkdir(parents=True, exist_ok=True)
+    args = _training_args(cfg, out, len(dataset))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=GeneMaskingCollator(vocab, max_len, cfg.mlm_probability),
+    )
+    resume = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").exists() else None
+    if resume:
+        log.info("resuming from %s", resume)
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - t0
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    save_model(trainer.model.cpu(), out / "model", vocab=vocab, overwrite=overwrite)
+    with atomic_file(out / "loss_history.json") as tmp:
+        tmp.write_text(json.dumps({"config": asdict(cfg), "history": history}, indent=1, default=str))
+    return PretrainResult(out / "model", history, seconds, len(dataset), trainer.state.global_step)
+
+
+def initial_mlm_loss(vocab_size: int) -> float:
+    """Cross-entropy of a uniform guess over the vocabulary, ``ln(vocab_size)`` (nats)."""
+    return math.log(vocab_size)
+
+
+def plot_loss(history: list[dict], path: str | Path, title: str = "masked gene prediction loss") -> None:
+    """Training loss against step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([h["step"] for h in history])
+    loss = np.array([h["loss"] for h in history])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(steps, loss, marker="o", ms=3)
+    ax.set_xlabel("optimisation step")
+    ax.set_ylabel("masked-token cross-entropy (nats)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
