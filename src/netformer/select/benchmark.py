@@ -42,6 +42,9 @@ class BenchmarkConfig:
     (default all of ``STRATEGIES``). seeds : default (0, 1, 2). n_layers : L of P = A_hat^L (1).
     model : ``ridge`` (default, netformer.perturbseq RidgeModel on the GO graph), ``additive``,
     ``train_mean`` or ``gears`` (slow). n_ensemble : BALD ensemble size.
+    blas_threads : BLAS threads during the run (default 1: the many small matrix products here are
+    fastest single-threaded, and multi-threaded OpenBLAS slows down by ~40x on a loaded 2-core machine);
+    None leaves the library default.
     """
 
     initial: int = 100
@@ -53,6 +56,7 @@ class BenchmarkConfig:
     n_layers: int = 1
     model: str = "ridge"
     n_ensemble: int = 5
+    blas_threads: int | None = 1
 
     def __post_init__(self) -> None:
         bad = [m for m in self.oneshot if m not in METHODS] + [s for s in self.strategies if s not in STRATEGIES]
@@ -108,6 +112,13 @@ def run_benchmark(data, graph: GeneGraph, pool: Sequence[str], test: Sequence[st
     DataFrame with columns setting, kind (one-shot | active), method, seed, budget, round, lab_rounds,
     mse_top20_de, pearson_delta, select_seconds, fit_seconds, compute_seconds (cumulative), chosen.
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=config.blas_threads, user_api="blas"):
+        return _run_benchmark(data, graph, pool, test, config, edges, prior_kernels, setting)
+
+
+def _run_benchmark(data, graph, pool, test, config, edges, prior_kernels, setting) -> pd.DataFrame:
     from ..perturbseq.metrics import evaluate
 
     sel = Selector(graph, pool, n_layers=config.n_layers, missing="drop")
