@@ -100,6 +100,17 @@ def load_edges(path: str | os.PathLike | None = None) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise InputDataError(f"edge list {path} does not exist.")
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    if key not in _EDGE_CACHE:  # the 430k-edge default graph is read by every model fit
+        _EDGE_CACHE.clear()
+        _EDGE_CACHE[key] = _read_edge_file(path)
+    return _EDGE_CACHE[key].copy()
+
+
+_EDGE_CACHE: dict = {}
+
+
+def _read_edge_file(path: Path) -> pd.DataFrame:
     sep = "\t" if ".tsv" in path.name or ".txt" in path.name else ","
     edges = pd.read_csv(path, sep=sep)
     if not {"source", "target"} <= set(edges.columns):
