@@ -156,3 +156,21 @@ def test_cli_on_symbol_indexed_pbmcs(scrna, tmp_path):
     again = CliRunner().invoke(app, ["annotate", str(src), str(out)])
     assert isinstance(again.exception, OutputExistsError)
     assert out.read_bytes() == before
+
+
+def test_other_tissue_pancreas(scrna):
+    """The general entry point on another tissue: Baron 2016 pancreas (human + mouse cells)."""
+    adata = ad.read_h5ad(scrna / "cider_baron_pancreas_350cells_raw.h5ad")
+    markers = {
+        "beta": ["INS", "IAPP", "INS1"],  # INS1 is the mouse gene, upper-cased symbols here
+        "alpha": ["GCG", "IRX2"],
+        "delta": ["SST", "HHEX"],
+        "ductal": ["KRT19", "SOX9"],
+        "activated_stellate": ["COL1A1", "PDGFRB"],
+        "macrophage": ["CD68", "C1QB"],
+    }
+    labels = annotate_by_markers(adata, markers, key_added=None).astype(str).to_numpy()
+    published = adata.obs["cell_type"].astype(str).to_numpy()
+    assert (labels == published).mean() > 0.8
+    for t in ["alpha", "beta", "delta", "macrophage"]:  # endocrine and immune types are clean
+        assert (labels[published == t] == t).mean() > 0.9, t

@@ -216,7 +216,8 @@ def cluster_cells(adata: ad.AnnData, config: AnnotationConfig | None = None) -> 
     Returns:
         ``(clusters, lognorm)``: cluster id per cell (str Series indexed by ``obs_names``, ids "0", "1",
         ... by decreasing size) and the cells x genes log1p-normalised AnnData (genes after the
-        ``min_cells_per_gene`` filter, var index as in ``adata``).
+        ``min_cells_per_gene`` filter, var index as in ``adata``, obs index the row positions "0",
+        "1", ... so that repeated cell names are harmless).
 
     Raises:
         InputDataError: counts are negative, non-integer, NaN, or a cell has none.
@@ -228,7 +229,8 @@ def cluster_cells(adata: ad.AnnData, config: AnnotationConfig | None = None) -> 
     config.validate()
     _check_counts(adata)
     x = adata.X.astype(np.float32) if sp.issparse(adata.X) else sp.csr_matrix(np.asarray(adata.X, np.float32))
-    work = ad.AnnData(X=sp.csr_matrix(x), obs=pd.DataFrame(index=adata.obs_names.copy()),
+    # positional cell names inside (obs_names may repeat, e.g. pooled species); restored on return
+    work = ad.AnnData(X=sp.csr_matrix(x), obs=pd.DataFrame(index=pd.RangeIndex(adata.n_obs).astype(str)),
                       var=pd.DataFrame(index=adata.var_names.copy()))
     if config.min_cells_per_gene > 0:
         sc.pp.filter_genes(work, min_cells=config.min_cells_per_gene)
@@ -253,7 +255,7 @@ def cluster_cells(adata: ad.AnnData, config: AnnotationConfig | None = None) -> 
                     random_state=config.random_state)
     sc.tl.leiden(hvg, resolution=config.resolution, flavor="igraph", n_iterations=config.n_iterations,
                  directed=False, random_state=config.random_state, key_added="cluster")
-    clusters = hvg.obs["cluster"].astype(str)
+    clusters = pd.Series(hvg.obs["cluster"].astype(str).to_numpy(), index=adata.obs_names.copy(), name="cluster")
     log.info("Leiden (resolution %.2f) found %d clusters in %d cells",
              config.resolution, clusters.nunique(), hvg.n_obs)
     return clusters, work
