@@ -54,7 +54,7 @@ from .models import PerturbationModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GEARSConfig", "GEARSModel", "GEARSNetwork"]
+__all__ = ["EpochTrainer", "GEARSConfig", "GEARSModel", "GEARSNetwork", "gears_loss", "reference_forward"]
 
 
 @dataclass
@@ -249,6 +249,105 @@ class _TrainSet:
     extras: dict = field(default_factory=dict)
 
 
+class EpochTrainer:
+    """One GEARS training epoch at a time: shuffled mini-batches, random control partners, Adam.
+
+    ``forward(net, x, pert_nodes)`` defaults to the batched network; the benchmark passes
+    :func:`reference_forward` to time the per-cell implementation on identical batches.
+    ``epoch()`` returns the mean batch loss.
+    """
+
+    def __init__(self, net: GEARSNetwork, ts: _TrainSet, control: np.ndarray, cfg: GEARSConfig, device, forward=None):
+        self.net, self.ts, self.cfg, self.dev = net, ts, cfg, device
+        self.forward = forward or (lambda n, x, p: n(x, p))
+        self.opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.rng = np.random.default_rng(cfg.seed + 1)
+        self.X = torch.from_numpy(ts.X).to(device)
+        self.cond = torch.from_numpy(ts.cond).to(device)
+        self.mask = torch.from_numpy(ts.gene_mask).to(device)
+        self.direction = torch.from_numpy(ts.direction).to(device)
+        self.cnodes = torch.from_numpy(ts.cond_nodes).to(device)
+        self.ctrl = torch.from_numpy(np.asarray(control, dtype=np.float32)).to(device)
+
+    def epoch(self, max_batches: int | None = None) -> float:
+        ts, cfg, net = self.ts, self.cfg, self.net
+        net.train()
+        n = len(ts.X)
+        order = self.rng.permutation(n)
+        partner = ts.ctrl_rows[self.rng.integers(0, len(ts.ctrl_rows), size=n)]
+        partner = np.where(ts.cond == 0, np.arange(n), partner)  # control cells: input = itself
+        order_t = torch.from_numpy(order).to(self.dev)
+        partner_t = torch.from_numpy(partner).to(self.dev)
+        total, batches = 0.0, 0
+        for start in range(0, n, cfg.batch_size):
+            idx = order_t[start : start + cfg.batch_size]
+            if len(idx) < 2:  # BatchNorm cannot train on one cell
+                continue
+            c = self.cond[idx]
+            pred = self.forward(net, self.X[partner_t[idx]], self.cnodes[c])
+            loss = gears_loss(pred, self.X[idx], self.ctrl, c, self.mask[c], self.direction[c], c == 0, cfg)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            total += float(loss.detach())
+            batches += 1
+            if max_batches is not None and batches >= max_batches:
+                break
+        return total / max(batches, 1)
+
+
+def reference_forward(net: GEARSNetwork, x: torch.Tensor, pert_nodes: torch.Tensor) -> torch.Tensor:
+    """The same network computed the straightforward way, one cell at a time (for benchmarks/tests).
+
+    Mirrors upstream GEARS's data flow: every cell gets its own copy of the gene embeddings and its
+    own pass of the co-expression graph layer (dense adjacency), the perturbation embedding of each
+    cell is summed in a Python loop over its genes, and the gene-specific decoders run cell by cell.
+    Layers with BatchNorm see the concatenated batch, as upstream's PyG batch does, so the output
+    equals ``net(x, pert_nodes)`` (train and eval mode) up to float rounding.
+    """
+    B, G = x.shape
+    h = net.cfg.hidden
+    A_co = net.A_co.to_dense()
+    A_go = net.A_go.to_dense()
+    embs, poss = [], []
+    for _ in range(B):  # per-cell copies of the gene branch
+        pos = net.emb_pos.weight
+        for i, layer in enumerate(net.gene_layers):
+            pos = layer(A_co @ pos)
+            if i < len(net.gene_layers) - 1:
+                pos = torch.relu(pos)
+        embs.append(net.gene_emb.weight)
+        poss.append(pos)
+    base = torch.relu(net.bn_emb(torch.cat(embs)))
+    base = net.emb_trans_v2(base + net.cfg.pos_weight * torch.cat(poss))
+    pg = net.pert_emb.weight
+    for i, layer in enumerate(net.go_layers):
+        pg = layer(A_go @ pg)
+        if i < len(net.go_layers) - 1:
+            pg = torch.relu(pg)
+    sums, owners = [], []
+    for b in range(B):  # Python loop over each cell's perturbed genes
+        s = None
+        for node in pert_nodes[b].tolist():
+            if node < net.n_nodes:
+                s = pg[node] if s is None else s + pg[node]
+        if s is not None:
+            sums.append(s)
+            owners.append(b)
+    rows = list(base.split(G))
+    if sums:
+        stacked = torch.stack(sums)
+        fused = net.pert_fuse(stacked.repeat(2, 1))[:1] if len(sums) == 1 and net.training else net.pert_fuse(stacked)
+        for k, b in enumerate(owners):
+            rows[b] = rows[b] + fused[k]
+    H = torch.relu(net.bn_pert_base(torch.cat(rows)))
+    H = net.recovery_w(H).reshape(B, G, h)
+    outs = [(H[b] * net.indv_w1).sum(1) + net.indv_b1 for b in range(B)]  # per-cell decoders
+    cross = net.cross_gene_state(torch.stack(outs))
+    final = [outs[b] * net.indv_w2[:, 0] + net.indv_w2[:, 1:] @ cross[b] + net.indv_b2 + x[b] for b in range(B)]
+    return torch.stack(final)
+
+
 class GEARSModel(PerturbationModel):
     """GEARS-style GNN with the :class:`PerturbationModel` interface.
 
@@ -381,18 +480,9 @@ class GEARSModel(PerturbationModel):
         cfg = self.config
         torch.manual_seed(cfg.seed)
         ts = self._build(data, train)
-        dev = self.device
-        net = GEARSNetwork(data.n_genes, self.A_co_, self.A_go_, cfg).to(dev)
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        rng = np.random.default_rng(cfg.seed + 1)
-        X = torch.from_numpy(ts.X).to(dev)
-        cond = torch.from_numpy(ts.cond).to(dev)
-        mask = torch.from_numpy(ts.gene_mask).to(dev)
-        direction = torch.from_numpy(ts.direction).to(dev)
-        cnodes = torch.from_numpy(ts.cond_nodes).to(dev)
-        ctrl = torch.from_numpy(self.control_.astype(np.float32)).to(dev)
+        net = GEARSNetwork(data.n_genes, self.A_co_, self.A_go_, cfg).to(self.device)
+        trainer = EpochTrainer(net, ts, self.control_, cfg, self.device)
         self.history_, self.epoch_seconds_ = [], []
-        n = len(ts.X)
         bar = None
         if cfg.progress:
             from tqdm.auto import tqdm
@@ -400,26 +490,7 @@ class GEARSModel(PerturbationModel):
             bar = tqdm(total=cfg.epochs, desc="GEARS epochs")
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
-            net.train()
-            order = rng.permutation(n)
-            partner = ts.ctrl_rows[rng.integers(0, len(ts.ctrl_rows), size=n)]
-            partner = np.where(ts.cond == 0, np.arange(n), partner)  # control cells: input = itself
-            order_t = torch.from_numpy(order).to(dev)
-            partner_t = torch.from_numpy(partner).to(dev)
-            total, batches = 0.0, 0
-            for start in range(0, n, cfg.batch_size):
-                idx = order_t[start : start + cfg.batch_size]
-                if len(idx) < 2:  # BatchNorm cannot train on one cell
-                    continue
-                c = cond[idx]
-                pred = net(X[partner_t[idx]], cnodes[c])
-                loss = gears_loss(pred, X[idx], ctrl, c, mask[c], direction[c], c == 0, cfg)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach())
-                batches += 1
-            self.history_.append(total / max(batches, 1))
+            self.history_.append(trainer.epoch())
             self.epoch_seconds_.append(time.perf_counter() - t0)
             log.info("GEARS epoch %d/%d loss %.5f (%.1fs)", epoch + 1, cfg.epochs, self.history_[-1], self.epoch_seconds_[-1])
             if bar is not None:
@@ -429,6 +500,7 @@ class GEARSModel(PerturbationModel):
             bar.close()
         net.eval()
         self.network_ = net
+        self.trainset_ = ts
 
     # ---- inference ---------------------------------------------------------------------------
     @torch.no_grad()
