@@ -185,34 +185,43 @@ def _kernel_fn(k: np.ndarray) -> Callable[[int], np.ndarray]:
 
 def typiclust(x: np.ndarray, labeled: np.ndarray, k: int, seed: int, n_neighbors: int = 20) -> list[int]:
     """TypiClust selection of ``k`` unlabeled points from embeddings ``x`` (n, d)."""
+    import warnings
+
     from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
 
     n = len(x)
     n_clusters = int(min(n, len(labeled) + k))
-    lab = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit_predict(x)
+    with warnings.catch_warnings():  # duplicate embeddings give fewer distinct clusters: handled below
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        lab = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit_predict(x)
     taken = np.zeros(n, dtype=bool)
     taken[labeled] = True
     counts = np.bincount(lab[labeled], minlength=n_clusters) if len(labeled) else np.zeros(n_clusters, int)
     sizes = np.bincount(lab, minlength=n_clusters)
+    untaken = np.bincount(lab[~taken], minlength=n_clusters)
+    typ_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     out = []
     for _ in range(k):
-        avail = np.array([np.any(~taken[lab == c]) for c in range(n_clusters)])
+        if not untaken.any():
+            break
         key = np.lexsort((np.arange(n_clusters), -sizes, counts))  # fewest labeled, then largest
-        c = int(next(cc for cc in key if avail[cc]))
-        members = np.flatnonzero(lab == c)
-        xm = x[members]
-        d = np.sqrt(np.maximum(((xm[:, None, :] - xm[None, :, :]) ** 2).sum(-1), 0.0))
-        kk = int(min(n_neighbors, len(members) - 1))
-        if kk > 0:
-            nn = np.sort(d, axis=1)[:, 1 : kk + 1].mean(1)
-            typ = 1.0 / (nn + 1e-12)
-        else:
-            typ = np.ones(len(members))
-        typ[taken[members]] = -np.inf
+        c = int(next(cc for cc in key if untaken[cc] > 0))
+        if c not in typ_cache:
+            members = np.flatnonzero(lab == c)
+            xm = x[members]
+            sq = (xm * xm).sum(1)
+            d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * xm @ xm.T, 0.0))
+            kk = int(min(n_neighbors, len(members) - 1))
+            typ = 1.0 / (np.sort(d, axis=1)[:, 1 : kk + 1].mean(1) + 1e-12) if kk > 0 else np.ones(len(members))
+            typ_cache[c] = (members, typ)
+        members, typ = typ_cache[c]
+        typ = np.where(taken[members], -np.inf, typ)
         j = int(members[int(np.argmax(typ))])
         out.append(j)
         taken[j] = True
         counts[c] += 1
+        untaken[c] -= 1
     return out
 
 

@@ -7,15 +7,19 @@ the measurement noise are real. Figures from it must always be labelled semi-syn
 Generative model (a linear structural model of regulation spreading over GO neighbours):
 
 1. Universe U of ``n_candidates`` perturbable genes: breadth-first search over the (symmetrised) GO
-   graph from the readout genes, nodes at equal distance taken in alphabetical order.
+   graph from the readout genes, nodes at equal distance taken in alphabetical order (the last level
+   is cut alphabetically, so a few readout genes may end up isolated in U). Symbols that read as a
+   control label (the gene ``CTRL``) are left out.
 2. Readouts: the 500 HVGs of ``devel.h5ad`` (Norman 2019 K562); control expression = the real
    Norman 2019 control cells (mean ``mu_g`` and standard deviation ``sd_g``).
-3. Every gene ``v`` in U carries a regulatory program ``z_v`` over the readouts: ``program_size``
-   random readout genes with effects ``N(0, (tau * sd_g)^2)``, zero elsewhere.
+3. Responses are low-rank, as in real screens: ``n_modules`` gene modules, each ``program_size``
+   random readout genes with weights ``N(0, sd_g^2)``. Every gene ``v`` in U carries a regulatory
+   program ``z_v = sum_m a_vm module_m`` with ``modules_per_gene`` active modules, loadings
+   ``a_vm ~ N(0, tau^2)``.
 4. The true change caused by perturbing ``u`` spreads over its GO neighbourhood and adds an
    idiosyncratic part: ``delta_u = sum_v S[u, v] z_v + own * e_u`` where ``S`` is the symmetrised
    GCN-normalised GO adjacency of U (self loops included, one hop) and ``e_u`` a program drawn like
-   ``z`` (not predictable from the graph).
+   ``z`` independently for ``u`` (not predictable from the graph).
 5. Measured mean = ``mu + delta_u + noise``, noise = mean of ``n_cells`` real control cells drawn
    with replacement minus ``mu`` (real, correlated measurement noise of an ``n_cells``-cell mean).
    The control row is ``mu``.
@@ -45,16 +49,19 @@ class SyntheticConfig:
     """Parameters of :func:`make_semisynthetic` (see the module docstring for the model).
 
     n_candidates : perturbable genes (pool + test), default 3000.  n_test : held-out test genes, 500.
-    n_cells : cells behind each measured mean, 50.  tau : program effect size in control sd units, 3.
-    program_size : readout genes per program, 25.  own : weight of the idiosyncratic part, 0.2.
+    n_cells : cells behind each measured mean, 50.  tau : module loading scale (effects in control sd units), 2.
+    program_size : readout genes per module, 40.  n_modules : 10.  modules_per_gene : 2.
+    own : weight of the idiosyncratic part, 0.2.
     seed : data seed (programs, noise, test split), 0.
     """
 
     n_candidates: int = 3000
     n_test: int = 500
     n_cells: int = 50
-    tau: float = 3.0
-    program_size: int = 25
+    tau: float = 2.0
+    program_size: int = 40
+    n_modules: int = 10
+    modules_per_gene: int = 2
     own: float = 0.2
     seed: int = 0
 
@@ -63,6 +70,8 @@ class SyntheticConfig:
             raise ConfigError("need 1 <= n_test < n_candidates.")
         if self.n_cells < 1 or self.tau <= 0 or self.program_size < 1 or self.own < 0:
             raise ConfigError("need n_cells >= 1, tau > 0, program_size >= 1 and own >= 0.")
+        if not 1 <= self.modules_per_gene <= self.n_modules:
+            raise ConfigError("need 1 <= modules_per_gene <= n_modules.")
 
 
 @dataclass
@@ -137,8 +146,14 @@ def make_semisynthetic(config: SyntheticConfig | None = None, *, graph: GeneGrap
     cfg = config or SyntheticConfig()
     rng = np.random.default_rng(cfg.seed)
     graph = graph or load_edge_list()
+    from ..perturbseq.data import CONTROL_ALIASES
+
     ctrl, readouts = norman_control(devel_path)
-    universe = bfs_universe(graph, readouts, cfg.n_candidates)
+    # gene symbols that read as a control label (the real gene CTRL, chymotrypsin-like protease)
+    # cannot be perturbation names; leave them out of the universe
+    clash = [g for g in graph.genes if str(g).lower() in CONTROL_ALIASES]
+    universe = [g for g in bfs_universe(graph, readouts, cfg.n_candidates + len(clash)) if g not in clash]
+    universe = universe[: cfg.n_candidates]
     if len(universe) < cfg.n_candidates:
         raise ConfigError(f"only {len(universe)} genes are reachable from the readouts; lower n_candidates.")
     sub = graph.subgraph(universe)
@@ -148,12 +163,17 @@ def make_semisynthetic(config: SyntheticConfig | None = None, *, graph: GeneGrap
     mu, sd = ctrl.mean(0), ctrl.std(0) + 1e-3
     n, g = len(genes), len(readouts)
 
+    modules = np.zeros((cfg.n_modules, g))
+    for k in range(cfg.n_modules):
+        cols = rng.choice(g, size=min(cfg.program_size, g), replace=False)
+        modules[k, cols] = rng.normal(0.0, sd[cols])
+
     def programs(m: int) -> np.ndarray:
-        z = np.zeros((m, g))
+        a = np.zeros((m, cfg.n_modules))
         for i in range(m):
-            cols = rng.choice(g, size=min(cfg.program_size, g), replace=False)
-            z[i, cols] = rng.normal(0.0, cfg.tau * sd[cols])
-        return z
+            act = rng.choice(cfg.n_modules, size=cfg.modules_per_gene, replace=False)
+            a[i, act] = rng.normal(0.0, cfg.tau, size=len(act))
+        return a @ modules
 
     z, e = programs(n), programs(n)
     delta = s @ z + cfg.own * e
