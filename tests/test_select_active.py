@@ -18,7 +18,6 @@ from netformer.select.active import (
 from netformer.select.benchmark import (
     PUBLISHED_LABEL,
     BenchmarkConfig,
-    benchmark_file,
     published_iterpert,
     run_benchmark,
     summarize,
@@ -144,13 +143,30 @@ def test_published_iterpert_reference_points():
     assert at600[at600.index == "Random"].iloc[0] == pytest.approx(0.0925, abs=5e-4)
 
 
-def test_real_devel_benchmark_runs(shared_data):
-    """Real Norman 2019 singles of devel.h5ad: tiny pool, but real measurements end to end."""
-    cfg = BenchmarkConfig(initial=2, rounds=2, batch=2, seeds=(0, 1), oneshot=("graphreach", "maxspec", "degree"),
-                          strategies=("random", "coreset"), model="ridge")
-    res = benchmark_file(shared_data / "perturbseq" / "devel.h5ad", cfg, subset={"dataset": "norman19"},
-                         test_fraction=0.3)
+def test_real_devel_benchmark_runs_from_cli(shared_data, tmp_path):
+    """Real Norman 2019 singles of devel.h5ad through ``netformer select benchmark``: tiny pool, real data."""
+    import typer
+    from typer.testing import CliRunner
+
+    from netformer.select.cli import register
+
+    app = typer.Typer()
+
+    @app.callback()
+    def _cb() -> None:
+        pass
+
+    register(app)
+    out = tmp_path / "bench"
+    args = ["select", "benchmark", "--out", str(out), "--data", str(shared_data / "perturbseq" / "devel.h5ad"),
+            "--subset", "dataset=norman19", "--initial", "2", "--rounds", "2", "--batch", "2", "--seeds", "2",
+            "--oneshot", "graphreach", "--oneshot", "degree", "--strategy", "coreset"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    res = pd.read_csv(out / "results.csv")
     assert res["setting"].str.startswith("real: devel.h5ad").all()
-    assert set(res["budget"]) == {2, 4, 6}
-    assert res[["mse_top20_de", "pearson_delta"]].notna().all().all()
-    assert (res["mse_top20_de"] >= 0).all()
+    assert set(res["budget"]) == {2, 4, 6} and set(res["method"]) == {"graphreach", "degree", "coreset"}
+    assert res[["mse_top20_de", "pearson_delta"]].notna().all().all() and (res["mse_top20_de"] >= 0).all()
+    summ = pd.read_csv(out / "summary.csv")
+    assert (summ.loc[summ.kind == "one-shot", "lab_rounds"] == 1).all()
+    assert summ.loc[summ.kind == "active", "lab_rounds"].max() == 3

@@ -102,7 +102,7 @@ def test_maxspec_incremental_equals_logdet(region):
 @pytest.mark.parametrize("method", list(CRITERIA))
 def test_greedy_within_1_minus_1_over_e_of_brute_force(go, method):
     for seed_gene in ["TP53", "KLF1", "CEBPE"]:
-        genes = bfs_universe(go, [seed_gene], 14)
+        genes = bfs_universe(go, [seed_gene], 12)
         sel = Selector(go, genes)
         budget = 4
         res = sel.select(budget, method=method)
@@ -177,7 +177,7 @@ def test_disconnected_graph_is_handled(go):
     assert len(set(res.genes)) == 10 and res.coverage[-1] <= 1.0
 
 
-def test_cli_writes_ranked_csv_and_png(tmp_path, shared_data):
+def test_cli_writes_ranked_csv_and_png(tmp_path, go):
     import typer
     from typer.testing import CliRunner
 
@@ -191,7 +191,7 @@ def test_cli_writes_ranked_csv_and_png(tmp_path, shared_data):
 
     register(app)
     cands = tmp_path / "cands.txt"
-    cands.write_text("\n".join(bfs_universe(load_edge_list(), ["KLF1"], 200) + ["NOT_A_GENE"]))
+    cands.write_text("\n".join(bfs_universe(go, ["KLF1"], 200) + ["NOT_A_GENE"]))
     out = tmp_path / "sel"
     r = CliRunner().invoke(app, ["select", "run", "--out", str(out), "--budget", "25", "--candidates", str(cands),
                                  "--method", "graphreach_fl"])

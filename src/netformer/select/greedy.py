@@ -276,11 +276,14 @@ class Selector:
         """Select ``budget`` candidates; keyword arguments override ``config`` fields.
 
         Raises :class:`BudgetError` if ``budget`` exceeds the pool, :class:`ConfigError` for unknown
-        methods.
+        methods or an ``n_layers`` other than the one this Selector's operator was built for.
         """
         cfg = config or SelectConfig(n_layers=self.n_layers)
         if kwargs:
             cfg = SelectConfig(**{**cfg.__dict__, **kwargs})
+        if cfg.n_layers != self.n_layers:
+            raise ConfigError(f"this Selector was built for n_layers={self.n_layers}; got n_layers={cfg.n_layers}. "
+                              "Build a Selector with the model's number of graph layers.")
         budget = check_budget(budget, len(self.pool))
         t0 = time.perf_counter()
         scores = None
