@@ -226,41 +226,29 @@ class TranscriptomeTokenizer:
 
     # -- gene handling -------------------------------------------------------------------------
     def _gene_ids(self, var: pd.DataFrame, name: str) -> np.ndarray:
-        col = self.config.gene_id_column
-        if col == "auto":
-            if looks_like_ensembl(var.index):
-                ids = var.index
-            else:
-                found = next((c for c in _ID_COLUMNS if c in var.columns), None)
-                if found is not None:
-                    log.info("%s: var index is not Ensembl ids; using var[%r]", name, found)
-                    ids = var[found]
-                elif self.vocab.ensembl_mapping is not None:
-                    log.info("%s: mapping var index (symbols) through the Ensembl mapping dictionary", name)
-                    ids = var.index
-                else:
-                    raise GeneIdError(
-                        f"{name}: the var index looks like gene symbols (e.g. {list(var.index[:3])}) but the "
-                        f"token dictionary '{self.vocab.name}' is keyed by Ensembl ids and has no mapping "
-                        "dictionary. Pass gene_id_column='<var column with Ensembl ids>', or add Ensembl ids "
-                        "with netformer.genes.symbol_to_ensembl(adata.var_names)."
-                    )
-        elif col is None:
-            ids = var.index
-        else:
-            if col not in var.columns:
-                raise GeneIdError(f"{name}: var has no column {col!r}; columns are {list(var.columns)}")
-            ids = var[col]
-        return np.asarray(pd.Series(ids).astype(object).where(pd.notna(pd.Series(ids)), None))
+        ids = select_gene_ids(var, self.config.gene_id_column, name)
+        if (self.config.gene_id_column == "auto" and not looks_like_ensembl(ids)
+                and self.vocab.ensembl_mapping is None
+                and not any(str(g).upper() in self.vocab.token_dict for g in ids[:2000] if g is not None)):
+            raise GeneIdError(
+                f"{name}: the var index looks like gene symbols (e.g. {list(var.index[:3])}) but the "
+                f"token dictionary '{self.vocab.name}' is keyed by Ensembl ids and has no mapping "
+                "dictionary. Pass gene_id_column='<var column with Ensembl ids>', or add Ensembl ids "
+                "with netformer.genes.symbol_to_ensembl(adata.var_names)."
+            )
+        return ids
 
     def _aggregation(self, var: pd.DataFrame, name: str, summary: TokenizeSummary):
         """Sparse (n_vars, n_used) 0/1 matrix summing file genes into vocabulary genes."""
         mapped = self.vocab.map_ids(self._gene_ids(var, name))
         ok = np.array([m is not None for m in mapped])
         if not ok.any():
+            ids = self._gene_ids(var, name)
+            hint = (" The gene ids look like gene symbols; pass gene_id_column='<var column with Ensembl ids>' "
+                    "or map them with netformer.genes.symbol_to_ensembl." if not looks_like_ensembl(ids) else
+                    " Check the species and the gene id column (gene_id_column=...).")
             raise GeneIdError(
-                f"{name}: none of its {len(mapped)} genes is in the token dictionary '{self.vocab.name}'. "
-                "Check the species and the gene id column (gene_id_column=...)."
+                f"{name}: none of its {len(mapped)} genes is in the token dictionary '{self.vocab.name}'.{hint}"
             )
         used, col = np.unique(mapped[ok].astype(str), return_inverse=True)
         n_dup = int(ok.sum() - used.size)
@@ -388,7 +376,8 @@ class TranscriptomeTokenizer:
     def write(self, sources: Iterable, out_dir: str | Path, overwrite: bool = False) -> TokenizeSummary:
         """Tokenize files (streamed) into a dataset directory readable by ``datasets.load_from_disk``.
 
-        The directory also holds ``netformer_tokenizer.json`` (config, vocabulary name, summary).
+        The directory also holds ``netformer_tokenizer.json`` (config, vocabulary name, summary) and
+        ``vocab/`` (the :class:`GeneVocab` used, readable with ``GeneVocab.load``).
         Output is written to a temporary directory and renamed into place; raises
         :class:`~netformer.errors.OutputExistsError` if ``out_dir`` exists and not ``overwrite``.
         """
@@ -426,6 +415,7 @@ class TranscriptomeTokenizer:
                 "config": asdict(self.config),
                 "summary": asdict(self.summary),
             }
+            self.vocab.save(tmp / "vocab")
             (tmp / "netformer_tokenizer.json").write_text(json.dumps(info, indent=2, default=str))
         log.info("tokenized %d cells (mean length %.0f) into %s", self.summary.n_cells_out,
                  self.summary.mean_length, out_dir)
@@ -447,6 +437,14 @@ def load_tokenized(path: str | Path) -> "datasets.Dataset":  # noqa: F821
     if not (path / "state.json").exists():
         raise InputDataError(f"{path} is not a tokenized dataset directory (no state.json); run `netformer tokenize` first")
     return datasets.load_from_disk(str(path))
+
+
+def load_tokenized_vocab(path: str | Path) -> GeneVocab:
+    """The vocabulary saved in a tokenized dataset directory (``path/vocab``)."""
+    path = Path(path)
+    if not (path / "vocab").exists():
+        raise InputDataError(f"{path} holds no vocab/ folder; pass the vocabulary explicitly")
+    return GeneVocab.load(path / "vocab")
 
 
 def build_vocab(
@@ -482,7 +480,7 @@ def build_vocab(
     gene_vals: dict[str, list[np.ndarray]] = {}
     for source in sources:
         with open_counts(source) as src:
-            ids = _corpus_ids(src, gene_id_column)
+            ids = np.array([None if i is None else i.upper() for i in select_gene_ids(src.var, gene_id_column, src.name)], dtype=object)
             ok = np.array([i is not None for i in ids])
             used, col = np.unique(ids[ok].astype(str), return_inverse=True)
             agg = sp.csr_matrix((np.ones(ok.sum()), (np.flatnonzero(ok), col)), shape=(len(ids), used.size))
@@ -512,18 +510,25 @@ def build_vocab(
     return GeneVocab.from_medians(medians, special_tokens=special_tokens, name=name)
 
 
-def _corpus_ids(src: CountSource, gene_id_column: str | None) -> np.ndarray:
-    var = src.var
+def select_gene_ids(var: pd.DataFrame, gene_id_column: str | None = "auto", name: str = "data") -> np.ndarray:
+    """Gene ids of a var table as an object array (None where missing).
+
+    ``gene_id_column``: ``None`` = var index; a column name; or ``"auto"``: the var index if it
+    looks like Ensembl ids, else the first of ``ensembl_id``, ``gene_ids``, ``gene_id``,
+    ``feature_id`` present, else the var index (symbols, to be mapped by the vocabulary).
+    """
     if gene_id_column == "auto":
         if looks_like_ensembl(var.index):
             ids = var.index
         else:
             found = next((c for c in _ID_COLUMNS if c in var.columns), None)
+            if found is not None:
+                log.info("%s: var index is not Ensembl ids; using var[%r]", name, found)
             ids = var[found] if found else var.index
     elif gene_id_column is None:
         ids = var.index
     else:
         if gene_id_column not in var.columns:
-            raise GeneIdError(f"{src.name}: var has no column {gene_id_column!r}")
+            raise GeneIdError(f"{name}: var has no column {gene_id_column!r}; columns are {list(var.columns)}")
         ids = var[gene_id_column]
-    return np.array([None if pd.isna(i) else str(i).upper() for i in ids], dtype=object)
+    return np.array([None if pd.isna(i) else str(i) for i in ids], dtype=object)
