@@ -186,7 +186,6 @@ class MaxSpec(Criterion):
             raise ConfigError(f"MaxSpec beta must be > 0, got {beta!r}.")
         self.beta = float(beta)
         self._kdiag = self.beta * sq
-        self._pt = self._p.T.tocsr()
         super().__init__(self._p.shape[0])
 
     def _reset(self) -> None:
@@ -204,12 +203,25 @@ class MaxSpec(Criterion):
             self._c = grow
 
     def _kernel_row(self, j: int) -> np.ndarray:
-        pj = self._p[j]
-        return self.beta * np.asarray((self._p @ pj.T).todense()).ravel()
+        a, b = self._p.indptr[j], self._p.indptr[j + 1]
+        pj = np.zeros(self._p.shape[1])
+        pj[self._p.indices[a:b]] = self._p.data[a:b]
+        return self.beta * (self._p @ pj)   # one sparse mat-vec: K[j, :] = beta <P_i, P_j>
 
     def _catch_up(self, idx: np.ndarray) -> None:
         t = len(self._krows)
         if idx.size == 0 or t == 0:
+            return
+        if idx.size == 1:  # lazy path: same arithmetic as below, without the per-step masks
+            j = int(idx[0])
+            cj = self._c[j : j + 1]
+            for step in range(int(self._done[j]), t):
+                s = self.selected[step]
+                dot = (cj[:, :step] * self._c[s, :step]).sum(axis=1)
+                e = (self._krows[step][j] - dot[0]) / self._dsel[step]
+                cj[0, step] = e
+                self._d2[j] -= e * e
+            self._done[j] = t
             return
         for step in range(int(self._done[idx].min()), t):
             rows = idx[self._done[idx] == step]
