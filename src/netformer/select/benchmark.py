@@ -41,7 +41,8 @@ class BenchmarkConfig:
     oneshot : one-shot methods (default all of ``METHODS``). strategies : active-learning strategies
     (default all of ``STRATEGIES``). seeds : default (0, 1, 2). n_layers : L of P = A_hat^L (1).
     model : ``ridge`` (default, netformer.perturbseq RidgeModel on the GO graph), ``additive``,
-    ``train_mean`` or ``gears`` (slow). n_ensemble : BALD ensemble size.
+    ``train_mean`` or ``gears`` (slow). model_options : keyword arguments of the model's constructor
+    (e.g. ``{"epochs": 5}`` for GEARS, ``{"n_components": 20}`` for ridge). n_ensemble : BALD ensemble size.
     blas_threads : BLAS threads during the run (default 1: the many small matrix products here are
     fastest single-threaded, and multi-threaded OpenBLAS slows down by ~40x on a loaded 2-core machine);
     None leaves the library default.
@@ -57,6 +58,7 @@ class BenchmarkConfig:
     model: str = "ridge"
     n_ensemble: int = 5
     blas_threads: int | None = 1
+    model_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         bad = [m for m in self.oneshot if m not in METHODS] + [s for s in self.strategies if s not in STRATEGIES]
@@ -70,20 +72,25 @@ class BenchmarkConfig:
         return [self.initial + r * self.batch for r in range(self.rounds + 1)]
 
 
-def model_factory(name: str, edges: pd.DataFrame | None = None, n_layers: int = 1) -> Callable[[], object]:
-    """Factory of fresh outcome models from netformer.perturbseq by name (see :class:`BenchmarkConfig`)."""
+def model_factory(name: str, edges: pd.DataFrame | None = None, n_layers: int = 1,
+                  options: dict | None = None) -> Callable[[], object]:
+    """Factory of fresh outcome models from netformer.perturbseq by name (see :class:`BenchmarkConfig`).
+
+    ``options`` are passed to the model's constructor. Raises :class:`ConfigError` for unknown names.
+    """
     from ..perturbseq import models as M
 
+    kw = dict(options or {})
     if name == "ridge":
-        return lambda: M.RidgeModel(go_graph=edges, hops=n_layers)
+        return lambda: M.RidgeModel(**{"go_graph": edges, "hops": n_layers, **kw})
     if name == "additive":
-        return M.Additive
+        return lambda: M.Additive(**kw)
     if name == "train_mean":
-        return M.TrainMean
+        return lambda: M.TrainMean(**kw)
     if name == "gears":
         from ..perturbseq.gears import GEARSModel
 
-        return lambda: GEARSModel(go_graph=edges, num_go_layers=n_layers)
+        return lambda: GEARSModel(**{"go_graph": edges, "num_go_layers": n_layers, **kw})
     raise ConfigError(f"unknown model {name!r}; choose ridge, additive, train_mean or gears.")
 
 
@@ -131,7 +138,7 @@ def _run_benchmark(data, graph, pool, test, config, edges, prior_kernels, settin
     if budgets[-1] > len(pool):
         raise ConfigError(f"largest budget {budgets[-1]} exceeds the pool of {len(pool)} perturbations in "
                           "the graph; lower --initial/--rounds/--batch.")
-    factory = model_factory(config.model, edges, config.n_layers)
+    factory = model_factory(config.model, edges, config.n_layers, config.model_options)
     cache: dict = {}
 
     def score(train: list[str]) -> tuple[dict, float]:

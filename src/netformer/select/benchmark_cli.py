@@ -22,6 +22,7 @@ def add_benchmark_command(grp: typer.Typer) -> None:
         batch: int = typer.Option(100, help="Perturbations per round."),
         seeds: int = typer.Option(3, help="Number of seeds (0..seeds-1)."),
         model: str = typer.Option("ridge", help="ridge | additive | train_mean | gears."),
+        model_option: List[str] = typer.Option([], help="Model constructor option KEY=VALUE (JSON value), e.g. epochs=5."),
         oneshot: List[str] = typer.Option([], help="One-shot methods (default: all)."),
         strategy: List[str] = typer.Option([], help="Active-learning strategies (default: all)."),
         n_candidates: int = typer.Option(3000, help="Semi-synthetic: perturbable genes (pool + test)."),
@@ -30,14 +31,26 @@ def add_benchmark_command(grp: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
     ) -> None:
         """Compare one-shot selection and active learning at equal cumulative budgets; write CSVs and PNG curves."""
+        import json
+
         from .._io import check_output
+        from ..errors import ConfigError
         from .benchmark import BenchmarkConfig, benchmark_file, benchmark_semisynthetic, write_report
         from .greedy import METHODS
         from .active import STRATEGIES
         from .synthetic import SyntheticConfig
 
         check_output(out, overwrite)
-        cfg = BenchmarkConfig(initial=initial, rounds=rounds, batch=batch, seeds=tuple(range(seeds)),
+        opts = {}
+        for item in model_option:
+            if "=" not in item:
+                raise ConfigError(f"--model-option expects KEY=VALUE, got {item!r}.")
+            k, v = item.split("=", 1)
+            try:
+                opts[k] = json.loads(v)
+            except json.JSONDecodeError:
+                opts[k] = v
+        cfg = BenchmarkConfig(model_options=opts, initial=initial, rounds=rounds, batch=batch, seeds=tuple(range(seeds)),
                               oneshot=tuple(oneshot) or METHODS, strategies=tuple(strategy) or STRATEGIES,
                               model=model)
         if data is None:
