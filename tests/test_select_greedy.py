@@ -7,7 +7,6 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 
 from netformer.errors import ConfigError, CorruptFileError, GeneIdError
 from netformer.select import (

@@ -26,7 +26,6 @@ from typing import Iterable, Literal, Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from .._io import atomic_file
 from ..errors import ConfigError
