@@ -1,0 +1,124 @@
+"""Perturbations evaluated per second: exact mode and screening vs the upstream-style reference.
+
+Same model, cells and genes in one run:
+
+- reference: one forward pass per perturbed cell, batch size 1, the full ``BertForMaskedLM`` (MLM
+  head included) with ``output_hidden_states=True`` (as upstream ``InSilicoPerturber``)
+  -> :func:`netformer.perturb.reference_embeddings`;
+- exact: :class:`netformer.perturb.ExactEvaluator` (unpadded batches of equal-length perturbations,
+  encoder truncated at the embedding layer, inference mode); shifts checked equal to the reference;
+- screen: :func:`netformer.perturb.screen_cell` (one forward + one backward for all genes of a cell)
+  plus exact evaluation of the top ``K`` genes; rate = genes ranked per second.
+
+Cases: ``geneformer-v1-10m`` (random weights, gc30M dictionary) on synthetic 2,048-token cells,
+and ``tiny`` (random weights, gc30M dictionary) on real pbmc3k cells tokenized at 256 tokens
+(where exact mode over all genes is affordable, so rank agreement is also measured).
+Deletion of single genes, shift toward a goal embedding (mean of other cells).
+
+Run: ``python benchmarks/perturb_speed.py`` (about 5 minutes on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from netformer.datasets import shared_data_dir
+from netformer.genes import GeneVocab
+from netformer.model import model_config, new_model
+from netformer.perturb import ExactEvaluator, perturb_cell, rank_agreement, reference_embeddings, screen_cell
+from netformer.perturb.engine import cosine
+
+
+def shifts(embs: np.ndarray, orig: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    return cosine(embs, goal) - cosine(orig[None], goal)[0]
+
+
+def bench(name, model, vocab, cells, goal, n_ref, n_exact, top_k, batch_size, full_exact: bool) -> dict:
+    special = vocab.special_ids
+    cell = cells[0]
+    genes = [t for t in cell if t not in set(special)]
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(genes), size=min(n_ref, len(genes)), replace=False)
+    ref_vars = [perturb_cell(cell, [genes[i]], "delete") for i in pick]
+    # reference
+    t0 = time.perf_counter()
+    ref = reference_embeddings(model, [cell] + ref_vars, special, layer=-2, device="cpu")
+    t_ref = time.perf_counter() - t0
+    ref_rate = len(ref_vars) / t_ref
+    # exact, the same perturbations (check) then n_exact for the rate
+    with ExactEvaluator(model, special, layer=-2, batch_size=batch_size, device="cpu") as ev:
+        eff = ev.evaluate(cell, ref_vars)
+        err = float(np.abs(shifts(eff.perturbed, eff.original, goal) - shifts(ref[1:], ref[0], goal)).max())
+        sel = genes if full_exact else [genes[i] for i in rng.choice(len(genes), size=min(n_exact, len(genes)), replace=False)]
+        t0 = time.perf_counter()
+        eff = ev.evaluate(cell, [perturb_cell(cell, [g], "delete") for g in sel])
+        t_ex = time.perf_counter() - t0
+        exact_shift = shifts(eff.perturbed, eff.original, goal)
+        ex_rate = len(sel) / t_ex
+        # screen: all genes estimated, top-K exact
+        t0 = time.perf_counter()
+        pos, est = screen_cell(model, cell, special, "delete", goal)
+        top = np.argsort(-est)[:top_k]
+        ev.evaluate(cell, [perturb_cell(cell, [cell[pos[i]]], "delete") for i in top])
+        t_scr = time.perf_counter() - t0
+    scr_rate = len(pos) / t_scr
+    out = {"case": name, "cell_length": len(cell), "ref_perturbations": len(ref_vars), "ref_per_s": ref_rate,
+           "exact_per_s": ex_rate, "exact_speedup": ex_rate / ref_rate, "exact_max_abs_err": err,
+           "screen_genes_per_s": scr_rate, "screen_speedup": scr_rate / ref_rate, "top_k": top_k}
+    if full_exact:
+        agree = [rank_agreement(est, exact_shift, top=20)]
+        for c in cells[1:]:
+            p2, e2 = screen_cell(model, c, special, "delete", goal)
+            with ExactEvaluator(model, special, layer=-2, batch_size=batch_size, device="cpu") as ev:
+                eff = ev.evaluate(c, [perturb_cell(c, [c[p]], "delete") for p in p2])
+            agree.append(rank_agreement(e2, shifts(eff.perturbed, eff.original, goal), top=20))
+        out["spearman"] = float(np.mean([a["spearman"] for a in agree]))
+        out["top20_overlap"] = float(np.mean([a["top_overlap"] for a in agree]))
+        out["agreement_cells"] = len(agree)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n-ref", type=int, default=6, help="reference perturbations for v1-10m (slow)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    vocab = GeneVocab.load(shared_data_dir() / "genes" / "geneformer_gc30M")
+    rows = []
+    # tiny preset, real pbmc3k cells (gc30M dictionary, 256 tokens)
+    from netformer.tokenize import TranscriptomeTokenizer
+
+    ds = TranscriptomeTokenizer(vocab, model_input_size=256).tokenize(
+        shared_data_dir() / "scrna" / "pbmc3k_raw_labeled.h5ad")
+    ids = [list(map(int, s)) for s in ds.select(range(40))["input_ids"] if len(s) == 256]
+    tiny = new_model(model_config("tiny", vocab), seed=0).eval()
+    with ExactEvaluator(tiny, vocab.special_ids, batch_size=64, device="cpu") as ev:
+        goal = np.mean([ev.embed(c)[1].numpy() for c in ids[10:30]], axis=0)
+    rows.append(bench("tiny / pbmc3k 256 tokens", tiny, vocab, ids[:4], goal, n_ref=255, n_exact=255, top_k=20,
+                      batch_size=64, full_exact=True))
+    print(rows[-1], flush=True)
+    # geneformer-v1-10m, synthetic 2,048-token cells
+    v1 = new_model(model_config("geneformer-v1-10m", vocab), seed=0).eval()
+    rng = np.random.default_rng(0)
+    genes = np.array(sorted(set(vocab.token_dict.values()) - set(vocab.special_ids)))
+    cells = [rng.choice(genes, 2048, replace=False).tolist() for _ in range(3)]
+    with ExactEvaluator(v1, vocab.special_ids, batch_size=8, device="cpu") as ev:
+        goal = np.mean([ev.embed(c)[1].numpy() for c in cells[1:]], axis=0)
+    rows.append(bench("geneformer-v1-10m / 2,048 tokens", v1, vocab, cells[:1], goal, n_ref=args.n_ref, n_exact=16,
+                      top_k=20, batch_size=8, full_exact=False))
+    print(rows[-1], flush=True)
+    print()
+    print(f"{'case':34s} {'ref/s':>8s} {'exact/s':>8s} {'x':>6s} {'screen/s':>9s} {'x':>7s} {'spearman':>8s} {'top20':>6s} {'max|err|':>9s}")
+    for r in rows:
+        print(f"{r['case']:34s} {r['ref_per_s']:8.2f} {r['exact_per_s']:8.2f} {r['exact_speedup']:6.1f} "
+              f"{r['screen_genes_per_s']:9.1f} {r['screen_speedup']:7.1f} {r.get('spearman', float('nan')):8.2f} "
+              f"{r.get('top20_overlap', float('nan')):6.2f} {r['exact_max_abs_err']:9.1e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,490 @@
+"""In silico perturbation and treatment over a tokenized dataset: :func:`perturb`.
+
+For each selected cell the requested perturbations are applied to its rank value encoding
+(:mod:`netformer.perturb.ops`) and the original and perturbed cells are embedded
+(:class:`~netformer.perturb.engine.ExactEvaluator`; mean of the gene tokens' hidden states at
+``layer``, upstream's default the second to last). Reported per cell and perturbation:
+
+- ``cell_effect = 1 - cos(original, perturbed)`` (upstream's cell embedding shift);
+- with :class:`~netformer.perturb.select_cells.CellStates`: ``shift_goal =
+  cos(perturbed, goal) - cos(original, goal)`` where a state's position is the mean cell embedding
+  of its cells, and ``shift_<state>`` likewise for each alternative state (upstream's
+  ``cell_states_to_model``); positive = toward that state;
+- optionally (``gene_effects=True``) for every other gene of the cell the cosine between its
+  original and perturbed contextual embeddings (upstream ``emb_mode="cell_and_gene"``).
+
+``mode="exact"`` evaluates every perturbation; ``mode="screen"`` ranks all genes of a cell by a
+first-order estimate (:mod:`netformer.perturb.screen`) and evaluates the top ``top_k`` exactly.
+
+With ``out_dir`` the run is resumable: cells are processed in chunks of ``chunk_cells``, each
+chunk's rows are written as a Parquet shard and recorded in ``manifest.json``; a run started again
+with the same settings skips finished chunks. Final tables (``results.parquet``,
+``gene_effects.parquet``, ``skipped.json``) are written atomically once all chunks are done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .._io import atomic_file, check_output
+from ..errors import ConfigError, DictionaryError, GeneIdError, InputDataError
+from ..genes import GeneVocab
+from ..model import get_device, load_model, load_vocab_for
+from .engine import ExactEvaluator, base_model, cosine
+from .ops import PERTURBATIONS, CellLayout, perturb_cell
+from .screen import screen_cell
+from .select_cells import CellStates, resolve_genes, select_cells
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class PerturbConfig:
+    """Settings of :func:`perturb`.
+
+    Attributes
+    ----------
+    perturbation
+        ``delete`` (default), ``overexpress``, ``inhibit`` or ``activate`` (see :mod:`~netformer.perturb.ops`).
+    genes
+        ``"all"``: every expressed gene of each cell, one at a time; or a list of Ensembl ids /
+        symbols perturbed jointly.
+    anchor
+        With ``genes="all"``: perturb the anchor gene together with each other expressed gene
+        (pairs); cells that do not express the anchor are skipped (except for overexpress).
+    fraction
+        Fraction of the cell's gene count that inhibit / activate move a gene (default 0.25).
+    mode
+        ``"exact"`` or ``"screen"`` (first-order estimate for all genes + exact top ``top_k``;
+        needs ``genes="all"`` and no anchor).
+    top_k
+        Genes per cell evaluated exactly in screen mode.
+    layer, pooling
+        Embedding layer (hidden-state index, -2 = second to last) and pooling (``mean``/``cls``).
+    batch_size
+        Perturbed sequences per forward pass.
+    max_length
+        Cells are truncated to this many tokens (default: the model's input size).
+    gene_effects
+        Also report every other gene's cosine (large: one row per gene per perturbation).
+    cell_filter
+        ``{obs column: allowed values}``; only matching cells are perturbed.
+    max_cells, seed
+        Cap on the number of perturbed cells, drawn reproducibly with ``seed``.
+    max_state_cells
+        Cells per state averaged into a state's position (drawn with ``seed``).
+    chunk_cells
+        Cells per resumable chunk.
+    max_chunks
+        Stop after this many new chunks (time-boxed jobs); call again to continue.
+    device
+        Default: CUDA when available, else CPU.
+    species
+        For symbol lookup in GENCODE (``human``/``mouse``).
+    """
+
+    perturbation: str = "delete"
+    genes: Sequence[str] | str = "all"
+    anchor: str | None = None
+    fraction: float = 0.25
+    mode: str = "exact"
+    top_k: int = 20
+    layer: int = -2
+    pooling: str = "mean"
+    batch_size: int = 64
+    max_length: int | None = None
+    gene_effects: bool = False
+    cell_filter: Mapping[str, Sequence] | None = None
+    max_cells: int | None = None
+    seed: int = 0
+    max_state_cells: int = 1000
+    chunk_cells: int = 16
+    max_chunks: int | None = None
+    device: str | None = None
+    species: str = "human"
+
+    def __post_init__(self) -> None:
+        if self.perturbation not in PERTURBATIONS:
+            raise ConfigError(f"unknown perturbation {self.perturbation!r}; choose one of {PERTURBATIONS}")
+        if self.mode not in ("exact", "screen"):
+            raise ConfigError("mode must be 'exact' or 'screen'")
+        if isinstance(self.genes, str):
+            if self.genes != "all":
+                self.genes = [self.genes]
+        else:
+            self.genes = list(self.genes)
+            if not self.genes:
+                raise ConfigError("genes is empty; give 'all' or at least one gene")
+        if self.anchor is not None and self.genes != "all":
+            raise ConfigError("anchor pairs the anchor with every expressed gene: use genes='all' with anchor")
+        if self.mode == "screen" and (self.genes != "all" or self.anchor is not None):
+            raise ConfigError("mode='screen' ranks all genes of a cell one at a time: use genes='all' and no anchor")
+        if self.top_k < 1 or self.batch_size < 1 or self.chunk_cells < 1:
+            raise ConfigError("top_k, batch_size and chunk_cells must be positive")
+        if not 0 < self.fraction <= 1:
+            raise ConfigError("fraction must be in (0, 1]")
+        if self.pooling not in ("mean", "cls"):
+            raise ConfigError("pooling must be 'mean' or 'cls'")
+        if self.mode == "screen" and self.pooling != "mean":
+            raise ConfigError("mode='screen' estimates mean-pooled embeddings; use pooling='mean'")
+
+
+@dataclass
+class PerturbResult:
+    """Output of :func:`perturb`.
+
+    Attributes
+    ----------
+    results
+        One row per (cell, perturbation): ``cell_index``, ``cell_id``, ``perturbed`` (Ensembl ids
+        joined by ``+``), ``n_expressed``, ``rank`` (0-based rank of the first perturbed gene in the
+        cell, -1 if not expressed), ``n_genes``, ``cell_effect``, and with states ``shift_goal`` and
+        ``shift_<alternative>``; in screen mode also ``shift_estimate`` (or
+        ``cell_effect_estimate``) and ``exact`` (True where evaluated exactly, exact columns NaN
+        elsewhere).
+    gene_effects
+        ``cell_index``, ``perturbed``, ``gene``, ``cos_sim`` (or None).
+    skipped
+        Counts of cells skipped, by reason.
+    complete
+        False when stopped by ``max_chunks``.
+    states
+        State label -> (hidden,) mean embedding.
+    """
+
+    results: pd.DataFrame
+    gene_effects: pd.DataFrame | None
+    skipped: dict[str, int]
+    complete: bool
+    states: dict[str, np.ndarray] = field(default_factory=dict)
+    out_dir: Path | None = None
+
+
+# ------------------------------------------------------------------------------------------------
+def _load(model, vocab: GeneVocab | None, device):
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        vocab = vocab or load_vocab_for(path)
+        model = load_model(path, kind="base", device=device)
+    if vocab is None:
+        raise ConfigError("no vocabulary: pass vocab= (the GeneVocab the model was trained with)")
+    base = base_model(model)
+    vocab.check_model(base.config.vocab_size, base.config.pad_token_id)
+    return base, vocab
+
+
+def _check_dataset(dataset, vocab: GeneVocab) -> None:
+    if "input_ids" not in dataset.column_names:
+        raise InputDataError("the dataset has no input_ids column; tokenize it with netformer.tokenize first")
+    lengths = dataset["length"] if "length" in dataset.column_names else None
+    sample = dataset.select(range(min(len(dataset), 512)))["input_ids"]
+    top = max((max(s) for s in sample if len(s)), default=0)
+    if top >= vocab.vocab_size:
+        raise DictionaryError(
+            f"the dataset holds token id {top} but the model's vocabulary has {vocab.vocab_size} tokens; "
+            "tokenize with the dictionary the model was trained on"
+        )
+    del lengths
+
+
+def _label(tokens: Sequence[int], vocab: GeneVocab) -> str:
+    return "+".join(vocab.token_to_gene(t) for t in tokens)
+
+
+def state_embeddings(model, dataset, states: CellStates, special_ids, max_cells: int = 1000, seed: int = 0,
+                     layer: int = -2, pooling: str = "mean", max_length: int | None = None, device=None,
+                     batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Position of each state (start, goal, alternatives): the mean cell embedding
+    (:func:`netformer.embed.embed_cells`) over at most ``max_cells`` cells of that state drawn with
+    ``seed``. Returns label -> (hidden,) float32."""
+    from ..embed import EmbeddingConfig, embed_cells
+
+    labels = states.validate(dataset)
+    rng = np.random.default_rng(seed)
+    ecfg = EmbeddingConfig(layer=layer, pooling=pooling, batch_size=batch_size, max_length=max_length,
+                           device=None if device is None else str(device))
+    out = {}
+    for s in states.labels:
+        idx = np.flatnonzero(labels == s)
+        if idx.size > max_cells:
+            idx = np.sort(rng.choice(idx, size=max_cells, replace=False))
+        ids = dataset.select(idx.tolist())["input_ids"]
+        out[s] = embed_cells(model, ids, ecfg, special_ids=special_ids).mean(0).astype(np.float32)
+    return out
+
+
+def _perturbation_sets(ids: list[int], genes_tok, anchor_tok, cfg: PerturbConfig, lay: CellLayout,
+                       special: set[int]) -> tuple[list[tuple[int, ...]], str | None]:
+    present = [t for t in ids[lay.start: lay.stop] if t not in special]
+    moves_only = cfg.perturbation != "overexpress"
+    if genes_tok == "all":
+        if anchor_tok is None:
+            return [(t,) for t in present], None
+        if moves_only and anchor_tok not in present:
+            return [], "anchor_not_expressed"
+        return [(anchor_tok, t) for t in present if t != anchor_tok], None
+    if moves_only:
+        if not any(t in present for t in genes_tok):
+            return [], "genes_not_expressed"
+    return [tuple(genes_tok)], None
+
+
+def _process_cell(ev: ExactEvaluator, ids: list[int], sets, cfg, vocab, goal_vecs, lay, cell_index, cell_id):
+    present = {t: r for r, t in enumerate(ids[lay.start: lay.stop])}
+    n_genes = lay.stop - lay.start
+    kw = dict(cls_id=vocab.cls_id, eos_id=vocab.eos_id, fraction=cfg.fraction, max_length=len(ids) if
+              cfg.perturbation != "overexpress" else cfg.max_length)
+    est = None
+    if cfg.mode == "screen":
+        goal = goal_vecs.get("__goal__")
+        positions, est = screen_cell(ev.base, ids, vocab.special_ids, cfg.perturbation, goal, cfg.fraction,
+                                     vocab.cls_id, vocab.eos_id)
+        sets = [(int(ids[p]),) for p in positions]
+        chosen = np.argsort(-est, kind="stable")[: cfg.top_k]
+    else:
+        chosen = np.arange(len(sets))
+    variants = [perturb_cell(ids, sets[i], cfg.perturbation, **kw) for i in chosen]
+    eff = ev.evaluate(ids, variants, gene_effects=cfg.gene_effects, perturbed_tokens=[sets[i] for i in chosen])
+    n = len(sets)
+    cell_effect = np.full(n, np.nan)
+    cell_effect[chosen] = 1.0 - cosine(eff.perturbed, eff.original)
+    rows = {
+        "cell_index": np.full(n, cell_index, dtype=np.int64),
+        "cell_id": [cell_id] * n,
+        "perturbed": [_label(s, vocab) for s in sets],
+        "n_expressed": np.array([sum(t in present for t in s) for s in sets], dtype=np.int64),
+        "rank": np.array([present.get(s[-1] if len(s) == 2 and cfg.anchor else s[0], -1) for s in sets], dtype=np.int64),
+        "n_genes": np.full(n, n_genes, dtype=np.int64),
+        "cell_effect": cell_effect,
+    }
+    for name, vec in goal_vecs.items():
+        if name == "__goal__":
+            continue
+        col = np.full(n, np.nan)
+        col[chosen] = cosine(eff.perturbed, vec) - cosine(eff.original, vec)[0]
+        rows[name] = col
+    if est is not None:
+        rows["shift_estimate" if "__goal__" in goal_vecs else "cell_effect_estimate"] = est
+        flag = np.zeros(n, dtype=bool)
+        flag[chosen] = True
+        rows["exact"] = flag
+    genes_df = None
+    if cfg.gene_effects:
+        parts = []
+        for j, i in enumerate(chosen):
+            toks, cos = eff.gene_cos[j]
+            parts.append(pd.DataFrame({"cell_index": cell_index, "perturbed": rows["perturbed"][i],
+                                       "gene": [vocab.token_to_gene(t) for t in toks], "cos_sim": cos}))
+        genes_df = pd.concat(parts, ignore_index=True) if parts else None
+    return pd.DataFrame(rows), genes_df
+
+
+def _fingerprint(cfg: PerturbConfig, cells: np.ndarray, base, states: CellStates | None, n_dataset: int) -> str:
+    d = asdict(cfg)
+    for k in ("device", "batch_size", "max_chunks"):
+        d.pop(k)
+    w = base.embeddings.word_embeddings.weight.detach()
+    d["model"] = [float(w.double().sum()), float(w.double().abs().sum()), list(w.shape)]
+    d["cells"] = cells.tolist()
+    d["n_dataset"] = n_dataset
+    d["states"] = asdict(states) if states else None
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _write_json(path: Path, obj) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1))
+
+
+def perturb(
+    model,
+    dataset,
+    config: PerturbConfig | None = None,
+    states: CellStates | None = None,
+    vocab: GeneVocab | None = None,
+    out_dir: str | Path | None = None,
+    overwrite: bool = False,
+) -> PerturbResult:
+    """Run in silico perturbation (and, with ``states``, in silico treatment) on a dataset.
+
+    Parameters
+    ----------
+    model
+        A model directory (pretrained ``BertForMaskedLM`` or fine-tuned classifier: its encoder is
+        loaded with ``load_model(kind="base")``) or a loaded Bert model.
+    dataset
+        Tokenized :class:`datasets.Dataset` (``input_ids``; ``cell_id`` and state/filter columns).
+    config
+        :class:`PerturbConfig`.
+    states
+        :class:`CellStates` for shifts toward goal / alternative states; start-state cells are perturbed.
+    vocab
+        The model's :class:`~netformer.genes.GeneVocab` (default: the one saved in the model directory).
+    out_dir
+        Resumable output directory (shards + manifest, final ``results.parquet``); None keeps
+        everything in memory.
+    overwrite
+        Replace a finished ``out_dir`` (otherwise :class:`OutputExistsError`).
+
+    Raises
+    ------
+    GeneIdError
+        A gene is not in the dictionary, or no requested gene is expressed in any selected cell.
+    InputDataError
+        Unknown state labels or columns, no selected cell, no cell with >= 2 gene tokens.
+    ConfigError
+        Start state equal to goal; inconsistent settings; ``out_dir`` holding a different run.
+    DictionaryError
+        Model and dataset (or vocabulary) disagree.
+    """
+    cfg = config or PerturbConfig()
+    base, vocab = _load(model, vocab, cfg.device)
+    _check_dataset(dataset, vocab)
+    max_len = min(cfg.max_length or base.config.max_position_embeddings, base.config.max_position_embeddings)
+    cfg.max_length = max_len
+    genes_tok = "all" if cfg.genes == "all" else resolve_genes(cfg.genes, vocab, cfg.species)
+    anchor_tok = resolve_genes([cfg.anchor], vocab, cfg.species)[0] if cfg.anchor else None
+    cells = select_cells(dataset, cfg.cell_filter, states, cfg.max_cells, cfg.seed)
+    special = set(vocab.special_ids)
+    if genes_tok != "all" or anchor_tok is not None:
+        wanted = list(genes_tok) if genes_tok != "all" else [anchor_tok]
+        sel_ids = dataset.select(cells.tolist())["input_ids"]
+        counts = {t: sum(t in set(s[:max_len]) for s in sel_ids) for t in wanted}
+        absent = [vocab.token_to_gene(t) for t, c in counts.items() if c == 0]
+        if len(absent) == len(wanted) and cfg.perturbation != "overexpress":
+            raise GeneIdError(f"gene(s) {absent} are not expressed in any of the {len(cells)} selected cells; "
+                              "nothing to perturb (choose other genes or cells, or overexpress)")
+        if absent:
+            log.warning("genes not expressed in any selected cell: %s", absent)
+
+    out = Path(out_dir) if out_dir is not None else None
+    fp = _fingerprint(cfg, cells, base, states, len(dataset))
+    chunks = [cells[i: i + cfg.chunk_cells] for i in range(0, len(cells), cfg.chunk_cells)]
+    manifest = {"fingerprint": fp, "n_chunks": len(chunks), "done": {}, "config": asdict(cfg)}
+    if out is not None:
+        if (out / "results.parquet").exists():
+            check_output(out, overwrite)
+            shutil.rmtree(out)
+        elif (out / MANIFEST).exists():
+            old = json.loads((out / MANIFEST).read_text())
+            if old["fingerprint"] == fp:
+                manifest = old
+                log.info("resuming: %d of %d chunks already done", len(old["done"]), len(chunks))
+            elif overwrite:
+                shutil.rmtree(out)
+            else:
+                raise ConfigError(f"{out} holds an unfinished run with different settings, model or cells; "
+                                  "choose another out_dir or pass overwrite=True")
+        (out / "shards").mkdir(parents=True, exist_ok=True)
+
+    device = get_device(cfg.device)
+    results, genes_parts, new_chunks = [], [], 0
+    skipped_total: dict[str, int] = {}
+    goal_vecs: dict[str, np.ndarray] = {}
+    state_pos: dict[str, np.ndarray] = {}
+    if states is not None:
+        spath = out / "states.parquet" if out is not None else None
+        if spath is not None and spath.exists():
+            sdf = pd.read_parquet(spath)
+            state_pos = {s: sdf[s].to_numpy(np.float32) for s in sdf.columns}
+        else:
+            state_pos = state_embeddings(base, dataset, states, vocab.special_ids, cfg.max_state_cells, cfg.seed,
+                                         cfg.layer, cfg.pooling, max_len, device, cfg.batch_size)
+            if spath is not None:
+                with atomic_file(spath) as tmp:
+                    pd.DataFrame(state_pos).to_parquet(tmp)
+        goal_vecs["shift_goal"] = state_pos[states.goal]
+        goal_vecs["__goal__"] = state_pos[states.goal]
+        for a in states.alternatives:
+            goal_vecs[f"shift_{a}"] = state_pos[a]
+    with ExactEvaluator(base, vocab.special_ids, cfg.layer, cfg.pooling, cfg.batch_size, device) as ev:
+        has_cell_id = "cell_id" in dataset.column_names
+        for ci, chunk in enumerate(tqdm(chunks, desc="perturbing", unit="chunk", disable=None)):
+            key = str(ci)
+            if key in manifest["done"]:
+                skipped_total = _add(skipped_total, manifest["done"][key]["skipped"])
+                continue
+            if cfg.max_chunks is not None and new_chunks >= cfg.max_chunks:
+                break
+            rows, gparts, skipped = [], [], {}
+            sub = dataset.select(chunk.tolist())
+            for cell_index, rec in zip(chunk, sub):
+                ids = [int(t) for t in rec["input_ids"][:max_len]]
+                lay = CellLayout.of(ids, vocab.cls_id, vocab.eos_id)
+                n_genes = sum(t not in special for t in ids[lay.start: lay.stop])
+                if n_genes < 2:
+                    skipped["fewer_than_2_genes"] = skipped.get("fewer_than_2_genes", 0) + 1
+                    continue
+                sets, reason = _perturbation_sets(ids, genes_tok, anchor_tok, cfg, lay, special)
+                if reason:
+                    skipped[reason] = skipped.get(reason, 0) + 1
+                    continue
+                df, gdf = _process_cell(ev, ids, sets, cfg, vocab, goal_vecs, lay, int(cell_index),
+                                        str(rec["cell_id"]) if has_cell_id else str(int(cell_index)))
+                rows.append(df)
+                if gdf is not None:
+                    gparts.append(gdf)
+            chunk_df = pd.concat(rows, ignore_index=True) if rows else None
+            chunk_g = pd.concat(gparts, ignore_index=True) if gparts else None
+            if out is not None:
+                if chunk_df is not None:
+                    with atomic_file(out / "shards" / f"results_{ci:05d}.parquet") as tmp:
+                        chunk_df.to_parquet(tmp, index=False)
+                if chunk_g is not None:
+                    with atomic_file(out / "shards" / f"genes_{ci:05d}.parquet") as tmp:
+                        chunk_g.to_parquet(tmp, index=False)
+                manifest["done"][key] = {"skipped": skipped, "rows": 0 if chunk_df is None else len(chunk_df)}
+                _write_json(out / MANIFEST, manifest)
+            else:
+                results.append(chunk_df)
+                genes_parts.append(chunk_g)
+            skipped_total = _add(skipped_total, skipped)
+            new_chunks += 1
+    complete = len(manifest["done"]) == len(chunks) if out is not None else new_chunks == len(chunks)
+    if out is not None:
+        results = [pd.read_parquet(p) for p in sorted((out / "shards").glob("results_*.parquet"))]
+        genes_parts = [pd.read_parquet(p) for p in sorted((out / "shards").glob("genes_*.parquet"))]
+    results = [r for r in results if r is not None]
+    genes_parts = [g for g in genes_parts if g is not None]
+    res_df = pd.concat(results, ignore_index=True) if results else pd.DataFrame()
+    gen_df = pd.concat(genes_parts, ignore_index=True) if genes_parts else None
+    if skipped_total:
+        log.info("skipped cells: %s", skipped_total)
+    if complete and res_df.empty:
+        raise InputDataError(f"no perturbation was evaluated: every selected cell was skipped ({skipped_total})")
+    if out is not None and complete:
+        with atomic_file(out / "results.parquet") as tmp:
+            res_df.to_parquet(tmp, index=False)
+        if gen_df is not None:
+            with atomic_file(out / "gene_effects.parquet") as tmp:
+                gen_df.to_parquet(tmp, index=False)
+        _write_json(out / "skipped.json", skipped_total)
+    return PerturbResult(res_df, gen_df, skipped_total, complete, state_pos, out)
+
+
+def _add(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + v
+    return out
+
+
+def load_results(out_dir: str | Path) -> pd.DataFrame:
+    """The final ``results.parquet`` of a finished run directory."""
+    path = Path(out_dir) / "results.parquet"
+    if not path.exists():
+        raise InputDataError(f"{path} does not exist: the run is unfinished (call perturb() again to resume)")
+    return pd.read_parquet(path)

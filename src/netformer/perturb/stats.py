@@ -1,0 +1,270 @@
+"""Statistics of in silico perturbation results (Geneformer ``InSilicoPerturberStats``), as tidy tables.
+
+For each perturbed gene (or joint set) the per-cell shifts are compared with
+
+- the pooled shifts of all perturbed genes (upstream ``mode="goal_state_shift"`` / ``"aggregate"``),
+- a null distribution: the shifts of random genes (``null=None``: ``n_null_genes`` genes drawn with
+  ``seed`` from the screen itself, the gene under test left out) or the results of a separate null run
+  (random genes, a control model) passed as ``null``,
+
+by the two-sided Wilcoxon rank-sum / Mann-Whitney U test (:func:`scipy.stats.mannwhitneyu`,
+asymptotic; the reference sample is subsampled to at most ``max_reference`` values with ``seed``),
+with Benjamini-Hochberg FDR (:func:`statsmodels.stats.multitest.multipletests`). A two-component
+Gaussian mixture (:class:`sklearn.mixture.GaussianMixture`) on the genes' mean shifts flags the
+component with the larger mean as ``impactful`` (upstream's ``mixture_model`` mode).
+
+Screen-mode results use the exact shift where a gene was evaluated exactly and the first-order
+estimate elsewhere (``frac_exact`` says how often each gene was exact).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .._io import atomic_file
+from ..errors import ConfigError, InputDataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StatsConfig:
+    """Settings of :func:`gene_stats`.
+
+    Attributes
+    ----------
+    value
+        Column to test; ``"auto"``: ``shift_goal`` with cell states, else ``cell_effect``.
+    min_cells
+        Genes perturbed in fewer cells get no p-value (NaN) and no mixture flag.
+    n_null_genes
+        Random genes forming the built-in null (when no ``null`` results are given).
+    max_reference
+        Reference samples (pooled / null) are subsampled to this many values.
+    alpha
+        FDR level of the ``significant`` and ``toward_goal`` flags.
+    seed
+        Seeds the null genes, subsampling and the mixture.
+    species
+        For Ensembl id -> symbol (GENCODE).
+    """
+
+    value: str = "auto"
+    min_cells: int = 3
+    n_null_genes: int = 200
+    max_reference: int = 20000
+    alpha: float = 0.05
+    seed: int = 0
+    species: str = "human"
+
+
+def _values(results: pd.DataFrame, value: str) -> tuple[pd.Series, str]:
+    if results.empty:
+        raise InputDataError("no perturbation results to summarise")
+    if value == "auto":
+        value = "shift_goal" if "shift_goal" in results.columns else "cell_effect"
+    if value not in results.columns:
+        raise ConfigError(f"column {value!r} not in the results (columns: {list(results.columns)})")
+    v = results[value].astype(float)
+    est = {"shift_goal": "shift_estimate", "cell_effect": "cell_effect_estimate"}.get(value)
+    if est in results.columns:
+        v = v.fillna(results[est].astype(float))
+    return v, value
+
+
+def _symbols(labels, species: str) -> list[str]:
+    from ..genes import ensembl_to_symbol
+
+    parts = sorted({p for lab in labels for p in str(lab).split("+")})
+    table = ensembl_to_symbol(parts, species=species) if parts else pd.Series(dtype=object)
+    return ["+".join(str(table.get(p) or p) for p in str(lab).split("+")) for lab in labels]
+
+
+def _mwu(x: np.ndarray, ref: np.ndarray) -> float:
+    from scipy.stats import mannwhitneyu
+
+    if len(x) == 0 or len(ref) == 0:
+        return float("nan")
+    return float(mannwhitneyu(x, ref, alternative="two-sided", method="asymptotic").pvalue)
+
+
+def _bh(p: np.ndarray) -> np.ndarray:
+    from statsmodels.stats.multitest import multipletests
+
+    out = np.full(len(p), np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="fdr_bh")[1]
+    return out
+
+
+def gene_stats(results: pd.DataFrame, config: StatsConfig | None = None, null: pd.DataFrame | np.ndarray | None = None
+               ) -> pd.DataFrame:
+    """Per-gene aggregate table of perturbation shifts.
+
+    Parameters
+    ----------
+    results
+        ``PerturbResult.results`` (one row per cell and perturbation).
+    config
+        :class:`StatsConfig`.
+    null
+        Optional null shifts: a results DataFrame of a null run (same value column) or an array.
+
+    Returns
+    -------
+    DataFrame sorted by ``mean_shift`` (descending), one row per perturbed gene (set): ``symbol``,
+    ``ensembl_id``, ``n_cells``, ``mean_shift``, ``median_shift``, ``std_shift``, ``p_vs_pooled``,
+    ``fdr_vs_pooled``, ``p_vs_null``, ``fdr_vs_null``, ``impactful`` (mixture flag), ``significant``,
+    plus ``mean_<alternative shift>`` columns and ``toward_goal`` / ``goal_specific`` with cell
+    states, ``frac_exact`` in screen mode, and ``value`` (the column tested).
+    """
+    cfg = config or StatsConfig()
+    vals, value = _values(results, cfg.value)
+    df = pd.DataFrame({"gene": results["perturbed"].astype(str), "v": vals.to_numpy()}).dropna()
+    alt_cols = [c for c in results.columns if c.startswith("shift_") and c not in ("shift_goal", "shift_estimate")]
+    grouped = df.groupby("gene", sort=True)["v"]
+    genes = list(grouped.groups.keys())
+    by_gene = {g: grouped.get_group(g).to_numpy() for g in genes}
+    n = np.array([len(by_gene[g]) for g in genes])
+    rng = np.random.default_rng(cfg.seed)
+    pooled = df["v"].to_numpy()
+    if len(pooled) > cfg.max_reference:
+        pooled = rng.choice(pooled, cfg.max_reference, replace=False)
+    tested = [g for g, k in zip(genes, n) if k >= cfg.min_cells]
+    if null is not None:
+        null_vals = np.asarray(_values(null, value)[0].dropna() if isinstance(null, pd.DataFrame) else null, float)
+        null_genes: set[str] = set()
+    else:
+        pool = np.array(tested if tested else genes, dtype=object)
+        null_genes = set(rng.choice(pool, min(cfg.n_null_genes, len(pool)), replace=False).tolist())
+        null_vals = None
+    p_pool = np.full(len(genes), np.nan)
+    p_null = np.full(len(genes), np.nan)
+    null_all = np.concatenate([by_gene[g] for g in sorted(null_genes)]) if null_genes else None
+    for i, g in enumerate(genes):
+        if n[i] < cfg.min_cells:
+            continue
+        x = by_gene[g]
+        p_pool[i] = _mwu(x, pooled)
+        if null_vals is not None:
+            ref = null_vals
+        else:
+            ref = np.concatenate([by_gene[h] for h in sorted(null_genes) if h != g]) if g in null_genes else null_all
+        if ref is not None and len(ref) > cfg.max_reference:
+            ref = np.random.default_rng(cfg.seed + 1).choice(ref, cfg.max_reference, replace=False)
+        p_null[i] = _mwu(x, ref) if ref is not None else np.nan
+    table = pd.DataFrame({
+        "ensembl_id": genes,
+        "n_cells": n,
+        "mean_shift": [by_gene[g].mean() for g in genes],
+        "median_shift": [np.median(by_gene[g]) for g in genes],
+        "std_shift": [by_gene[g].std(ddof=1) if len(by_gene[g]) > 1 else np.nan for g in genes],
+        "p_vs_pooled": p_pool,
+        "fdr_vs_pooled": _bh(p_pool),
+        "p_vs_null": p_null,
+        "fdr_vs_null": _bh(p_null),
+    })
+    table.insert(0, "symbol", _symbols(genes, cfg.species))
+    table["impactful"] = _mixture_flag(table, cfg)
+    table["significant"] = (table["fdr_vs_pooled"] < cfg.alpha).fillna(False)
+    means = results.assign(gene=results["perturbed"].astype(str)).groupby("gene")
+    for c in alt_cols:
+        table[f"mean_{c}"] = means[c].mean().reindex(genes).to_numpy()
+    if value == "shift_goal":
+        table["toward_goal"] = table["significant"] & (table["mean_shift"] > 0)
+        if alt_cols:
+            alt_max = table[[f"mean_{c}" for c in alt_cols]].max(axis=1)
+            table["goal_specific"] = table["toward_goal"] & (table["mean_shift"] > alt_max.fillna(-np.inf))
+    if "exact" in results.columns:
+        table["frac_exact"] = means["exact"].mean().reindex(genes).to_numpy()
+    table["value"] = value
+    table = table.sort_values(["mean_shift", "ensembl_id"], ascending=[False, True], kind="stable")
+    return table.reset_index(drop=True)
+
+
+def _mixture_flag(table: pd.DataFrame, cfg: StatsConfig) -> np.ndarray:
+    from sklearn.mixture import GaussianMixture
+
+    flag = np.zeros(len(table), dtype=bool)
+    ok = (table["n_cells"] >= cfg.min_cells).to_numpy()
+    x = table.loc[ok, "mean_shift"].to_numpy().reshape(-1, 1)
+    if len(x) < 4 or np.ptp(x) == 0:
+        return flag
+    gm = GaussianMixture(2, random_state=cfg.seed).fit(x)
+    high = int(np.argmax(gm.means_.ravel()))
+    flag[ok] = gm.predict(x) == high
+    return flag
+
+
+def plot_ranked_shifts(table: pd.DataFrame, path: str | Path, n_label: int = 10, title: str | None = None) -> None:
+    """Mean shift of every gene against its rank (PNG), impactful genes coloured, top genes named."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y = table["mean_shift"].to_numpy()
+    x = np.arange(1, len(y) + 1)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    imp = table["impactful"].to_numpy(bool)
+    ax.scatter(x[~imp], y[~imp], s=4, color="0.6", label="other genes")
+    ax.scatter(x[imp], y[imp], s=6, color="C3", label="impactful (2-component mixture)")
+    for i in range(min(n_label, len(y))):
+        ax.annotate(str(table["symbol"].iloc[i]), (x[i], y[i]), fontsize=7, xytext=(4, -2), textcoords="offset points")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("gene rank")
+    ax.set_ylabel(f"mean {table['value'].iloc[0] if 'value' in table else 'shift'} over cells")
+    ax.set_title(title or "in silico perturbation: ranked genes")
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def plot_top_genes(results: pd.DataFrame, table: pd.DataFrame, path: str | Path, n: int = 20,
+                   title: str | None = None) -> None:
+    """Per-cell shift distributions (box plots) of the top ``n`` genes of ``table`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vals, _ = _values(results, table["value"].iloc[0] if "value" in table else "auto")
+    top = table.head(n)
+    data = [vals[results["perturbed"].astype(str) == g].dropna().to_numpy() for g in top["ensembl_id"]]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(top) + 1.5))
+    ax.boxplot(data[::-1], vert=False, showfliers=False)
+    ax.set_yticks(np.arange(1, len(top) + 1), list(top["symbol"])[::-1], fontsize=8)
+    ax.axvline(0, color="k", lw=0.5)
+    ax.set_xlabel("shift per cell")
+    ax.set_title(title or f"top {len(top)} genes")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def write_stats(table: pd.DataFrame, out_dir: str | Path, results: pd.DataFrame | None = None,
+                title: str | None = None) -> dict[str, Path]:
+    """Write ``genes.csv``, ``genes.parquet``, ``ranked_shifts.png`` and (with ``results``)
+    ``top_genes.png`` into ``out_dir``, each atomically. Returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "genes.csv", "parquet": out / "genes.parquet", "ranked": out / "ranked_shifts.png"}
+    with atomic_file(paths["csv"]) as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_file(paths["parquet"]) as tmp:
+        table.to_parquet(tmp, index=False)
+    plot_ranked_shifts(table, paths["ranked"], title=title)
+    if results is not None:
+        paths["top"] = out / "top_genes.png"
+        plot_top_genes(results, table, paths["top"], title=title)
+    return paths
