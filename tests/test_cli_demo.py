@@ -1,0 +1,83 @@
+"""The command line (tokenize -> pretrain -> embed) and the demo, on real cells, end to end."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from netformer.cli import app
+from netformer.errors import OutputExistsError
+
+runner = CliRunner()
+
+
+def _ok(result):
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def test_cli_pipeline_on_real_cells(scrna, tmp_path):
+    sub = ad.read_h5ad(scrna / "kang2018_ifnb_ctrl_stim_2000cells_raw.h5ad")[::10].copy()
+    sub.write_h5ad(tmp_path / "kang200.h5ad")
+    out = _ok(runner.invoke(app, ["tokenize", str(tmp_path / "kang200.h5ad"), "--build-vocab", "--input-size", "64",
+                                  "--obs-column", "condition", "--out", str(tmp_path / "tok")]))
+    assert "200 cells" in out
+    # refusing to overwrite, with a clear message instead of a traceback
+    again = runner.invoke(app, ["tokenize", str(tmp_path / "kang200.h5ad"), "--build-vocab", "--out", str(tmp_path / "tok")])
+    assert again.exit_code != 0 and isinstance(again.exception, OutputExistsError)
+    _ok(runner.invoke(app, ["pretrain", str(tmp_path / "tok"), "--preset", "tiny", "--max-steps", "4",
+                            "--batch-size", "8", "--warmup-steps", "1", "--out", str(tmp_path / "run")]))
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+    _ok(runner.invoke(app, ["embed", str(tmp_path / "run" / "model"), str(tmp_path / "tok"),
+                            "--out", str(tmp_path / "emb.parquet")]))
+    emb = pd.read_parquet(tmp_path / "emb.parquet")
+    assert len(emb) == 200 and set(emb["condition"]) == {"ctrl", "stim"}
+    assert emb.filter(like="dim_").shape[1] == 64
+    _ok(runner.invoke(app, ["embed", str(tmp_path / "run" / "model"), str(tmp_path / "tok"), "--genes",
+                            "--out", str(tmp_path / "genes.parquet")]))
+    assert pd.read_parquet(tmp_path / "genes.parquet")["n_cells"].max() <= 200
+
+
+def test_main_prints_clear_errors(tmp_path, capsys):
+    from netformer import cli
+
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["netformer", "tokenize", str(tmp_path / "missing.h5ad"), "--vocab", str(tmp_path), "--out", str(tmp_path / "o")]
+    try:
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+    finally:
+        sys.argv = argv
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    import netformer
+
+    res = netformer.demo(tmp_path / "demo", preset="tiny", max_length=64, epochs=0.2, batch_size=32, warmup_steps=2)
+    out = res.output_dir
+    for name in ["report.html", "metrics.json", "umap_cell_type.png", "umap_pca_baseline.png", "training_loss.png",
+                 "cells.h5ad", "cell_embeddings.parquet"]:
+        assert (out / name).stat().st_size > 0, name
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_cells"] == 2700 and m["mean_tokens_per_cell"] == 64
+    assert 0 < m["knn_accuracy_netformer"] <= 1 and m["knn_accuracy_pca_baseline"] > 0.85
+    assert len(m["cell_type_counts"]) == 8
+    html = (out / "report.html").read_text()
+    assert "k-NN" in html or "NN cell type accuracy" in html
+    assert html.count("data:image/png;base64") == 3
+    cells = ad.read_h5ad(out / "cells.h5ad")
+    assert cells.obsm["X_netformer"].shape == (2700, 64) and np.isfinite(cells.obsm["X_netformer"]).all()
+    with pytest.raises(OutputExistsError):
+        netformer.demo(out)
