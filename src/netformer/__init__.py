@@ -23,8 +23,8 @@ _LAZY = {
 
 
 def demo(*args, **kwargs):
-    """Run the end-to-end demo; see :func:`netformer.demo.run_demo`."""
-    from .demo import run_demo
+    """Run the end-to-end demo; see :func:`netformer._demo.run_demo` (settings: :class:`netformer._demo.DemoConfig`)."""
+    from ._demo import run_demo
 
     return run_demo(*args, **kwargs)
 

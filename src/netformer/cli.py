@@ -86,7 +86,7 @@ def pretrain(
     batch_size: int = typer.Option(16), learning_rate: float = typer.Option(1e-3),
     warmup_steps: int = typer.Option(100), weight_decay: float = typer.Option(0.001),
     lr_scheduler: str = typer.Option("linear", help="linear (V1) or cosine (V2)."),
-    save_steps: int = typer.Option(200), seed: int = typer.Option(0),
+    save_steps: int = typer.Option(200), logging_steps: int = typer.Option(10), seed: int = typer.Option(0),
     overwrite: bool = typer.Option(False),
 ) -> None:
     """Masked gene pretraining; re-running with the same --out resumes from the last checkpoint."""
@@ -96,10 +96,13 @@ def pretrain(
 
     cfg = PretrainConfig(preset=preset, max_length=max_length, epochs=epochs, max_steps=max_steps,
                          batch_size=batch_size, learning_rate=learning_rate, warmup_steps=warmup_steps,
-                         weight_decay=weight_decay, lr_scheduler=lr_scheduler, save_steps=save_steps, seed=seed)
+                         weight_decay=weight_decay, lr_scheduler=lr_scheduler, save_steps=save_steps,
+                         logging_steps=logging_steps, seed=seed)
     ds = load_tokenized(data)
     res = _pretrain(ds.select_columns(["input_ids", "length"]), load_tokenized_vocab(data), output, cfg, overwrite)
-    typer.echo(f"loss {res.loss_history[0]['loss']:.3f} -> {res.loss_history[-1]['loss']:.3f}; model in {res.model_dir}")
+    h = res.loss_history
+    loss = f"loss {h[0]['loss']:.3f} -> {h[-1]['loss']:.3f}; " if h else ""
+    typer.echo(f"{res.n_steps} steps, {loss}model in {res.model_dir}")
 
 
 @app.command()
@@ -158,7 +161,7 @@ def demo(
     overwrite: bool = typer.Option(False, help="Replace a finished demo in the output folder."),
 ) -> None:
     """Run the end-to-end demo on the bundled pbmc3k data and write report.html."""
-    from .demo import run_demo
+    from ._demo import run_demo
 
     res = run_demo(output, overwrite=overwrite, epochs=epochs, preset=preset)
     m = res.metrics
@@ -172,7 +175,7 @@ def _register_plugins() -> None:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:  # a plugin module not present in this build
-            if exc.name == name:
+            if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
                 continue
             raise
         module.register(app)

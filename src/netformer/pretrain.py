@@ -153,6 +153,7 @@ class PretrainResult:
     train_seconds: float
     n_cells: int
     n_steps: int
+    resumed_from: str | None = None
 
 
 def _training_args(cfg: PretrainConfig, out: Path, n_cells: int):
@@ -246,7 +247,8 @@ def pretrain(dataset, vocab: GeneVocab, output_dir: str | Path, config: Pretrain
     save_model(_as_plain_mlm(trainer.model.cpu()), out / "model", vocab=vocab, overwrite=overwrite)
     with atomic_file(out / "loss_history.json") as tmp:
         tmp.write_text(json.dumps({"config": asdict(cfg), "history": history}, indent=1, default=str))
-    return PretrainResult(out / "model", history, seconds, len(dataset), trainer.state.global_step)
+    return PretrainResult(out / "model", history, seconds, len(dataset), trainer.state.global_step,
+                          resumed_from=resume)
 
 
 def initial_mlm_loss(vocab_size: int) -> float:
