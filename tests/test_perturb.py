@@ -83,7 +83,7 @@ def test_joint_overexpress_and_gene_effects_match_reference(tiny_pretrained):
     row = res.results[res.results["cell_index"] == cell].iloc[0]
     assert row["cell_effect"] == pytest.approx(1 - cosine(ref[1:], ref[0])[0], abs=1e-6)
     ge = res.gene_effects[res.gene_effects["cell_index"] == cell]
-    others = set(ids[1:-1]) - set(toks)
+    others = set(var[1:-1]) - set(toks)  # the lowest-ranked gene drops when a gene is inserted
     assert set(ge["gene"]) == {vocab.token_to_gene(g) for g in others}
     assert ge["cos_sim"].between(-1, 1.000001).all() and ge["cos_sim"].min() < 0.9999
 
@@ -148,7 +148,9 @@ def test_stats_on_real_shifts(exact_run, tmp_path):
     table = gene_stats(res)
     assert table["n_cells"].sum() == len(res)
     assert set(table["ensembl_id"]) == set(res["perturbed"])
-    assert table["mean_shift"].is_monotonic_decreasing
+    tested_first = table[table["n_cells"] >= 3]
+    assert tested_first["mean_shift"].is_monotonic_decreasing
+    assert (table["n_cells"].iloc[: len(tested_first)] >= 3).all()
     tested = table.dropna(subset=["p_vs_pooled"])
     assert len(tested) > 10 and tested["p_vs_pooled"].between(0, 1).all()
     assert (tested["fdr_vs_pooled"] >= tested["p_vs_pooled"] - 1e-12).all()

@@ -118,7 +118,8 @@ def gene_stats(results: pd.DataFrame, config: StatsConfig | None = None, null: p
 
     Returns
     -------
-    DataFrame sorted by ``mean_shift`` (descending), one row per perturbed gene (set): ``symbol``,
+    DataFrame sorted by ``mean_shift`` (descending; genes in fewer than ``min_cells`` cells
+    last), one row per perturbed gene (set): ``symbol``,
     ``ensembl_id``, ``n_cells``, ``mean_shift``, ``median_shift``, ``std_shift``, ``p_vs_pooled``,
     ``fdr_vs_pooled``, ``p_vs_null``, ``fdr_vs_null``, ``impactful`` (mixture flag), ``significant``,
     plus ``mean_<alternative shift>`` columns and ``toward_goal`` / ``goal_specific`` with cell
@@ -184,8 +185,9 @@ def gene_stats(results: pd.DataFrame, config: StatsConfig | None = None, null: p
     if "exact" in results.columns:
         table["frac_exact"] = means["exact"].mean().reindex(genes).to_numpy()
     table["value"] = value
-    table = table.sort_values(["mean_shift", "ensembl_id"], ascending=[False, True], kind="stable")
-    return table.reset_index(drop=True)
+    table["_tested"] = table["n_cells"] >= cfg.min_cells
+    table = table.sort_values(["_tested", "mean_shift", "ensembl_id"], ascending=[False, False, True], kind="stable")
+    return table.drop(columns="_tested").reset_index(drop=True)
 
 
 def _mixture_flag(table: pd.DataFrame, cfg: StatsConfig) -> np.ndarray:
@@ -196,6 +198,7 @@ def _mixture_flag(table: pd.DataFrame, cfg: StatsConfig) -> np.ndarray:
     x = table.loc[ok, "mean_shift"].to_numpy().reshape(-1, 1)
     if len(x) < 4 or np.ptp(x) == 0:
         return flag
+    x = (x - x.mean()) / x.std()  # shifts are ~1e-4: standardise so reg_covar (1e-6) does not swamp them
     gm = GaussianMixture(2, random_state=cfg.seed).fit(x)
     high = int(np.argmax(gm.means_.ravel()))
     flag[ok] = gm.predict(x) == high
