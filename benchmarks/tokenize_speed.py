@@ -1,0 +1,324 @@
+"""Tokenizer throughput and peak memory: netformer vs an upstream-style reference, same run.
+
+Both tokenize the same .h5ad files with the Geneformer gc104M dictionaries at input size 4,096
+(``<cls>`` + top 4,094 genes + ``<eos>``) and save a Hugging Face dataset to disk.
+
+- ours: ``netformer.tokenize.TranscriptomeTokenizer(vocab, model_input_size=4096).write(path, out)``
+  (backed h5ad read in row chunks, sparse normalisation, one ``lexsort`` per chunk, Arrow writer).
+- reference, written from the description of upstream Geneformer's ``TranscriptomeTokenizer``
+  (not copied): ``scanpy.read_h5ad`` of the whole file (not backed); duplicate collapsed Ensembl ids
+  summed with a pandas ``groupby`` over dense chunks when present; per chunk of 512 cells a dense
+  normalised matrix ``X / n_counts * target_sum / medians``; then a per-cell Python loop of
+  ``np.argsort(-x)`` over the cell's non-zeros; the token lists go into ``Dataset.from_dict`` and
+  ``save_to_disk``.
+
+Every run is a fresh subprocess (``OMP_WAIT_POLICY=PASSIVE``); its peak memory is the process's
+RSS high-water mark (``resource.getrusage(RUSAGE_SELF).ru_maxrss``); ``base`` is the RSS after
+imports, before the work. Time is the wall time of the work (reading, tokenizing, saving),
+imports excluded. Outputs are compared cell by cell: sequences that differ must hold, at every
+rank, genes with the same normalised value (ties, which upstream orders arbitrarily).
+
+Run (the synthetic files come from ``benchmarks/make_synthetic_h5ad.py``)::
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/tokenize_speed.py \\
+        --files /work/shared/data/scrna/pbmc3k_raw_labeled.h5ad /tmp/netformer_bench/synth_20k.h5ad \\
+                /tmp/netformer_bench/synth_200k.h5ad --reference-max-cells 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+
+GC104M = "/work/shared/data/genes/geneformer_gc104M"
+PBMC3K = "/work/shared/data/scrna/pbmc3k_raw_labeled.h5ad"
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference (upstream-style)
+# ---------------------------------------------------------------------------------------------
+def reference_tokenize(path: str, vocab, out_dir: str, input_size: int = 4096, chunk_size: int = 512,
+                       target_sum: float = 10_000.0) -> int:
+    """Tokenize ``path`` the way upstream Geneformer does; returns the number of cells written."""
+    import pandas as pd
+    import scanpy as sc
+    import scipy.sparse as sp
+    from datasets import Dataset
+
+    adata = sc.read_h5ad(path)
+    ids = adata.var["ensembl_id"] if "ensembl_id" in adata.var.columns else adata.var.index
+    mapping = vocab.ensembl_mapping or {}
+    collapsed = [mapping.get(str(g).upper()) for g in ids]
+    in_vocab = [c for c in collapsed if c is not None and c in vocab.token_dict]
+    if len(set(in_vocab)) < len(in_vocab):
+        # upstream sum_ensembl_ids: dense chunks, pandas groupby over the collapsed ids
+        keys = pd.Index([c if c is not None else "__unmapped__" for c in collapsed])
+        parts = []
+        for i in range(0, adata.n_obs, chunk_size):
+            df = pd.DataFrame(adata.X[i:i + chunk_size].toarray(), columns=keys)
+            parts.append(sp.csr_matrix(df.T.groupby(level=0).sum().T.to_numpy()))
+        names = df.T.groupby(level=0).sum().index
+        import anndata as ad
+
+        adata = ad.AnnData(sp.vstack(parts).tocsr(), obs=adata.obs, var=pd.DataFrame(index=names))
+        collapsed = list(names)
+    loc = np.array([c is not None and c in vocab.token_dict for c in collapsed])
+    genes = [c for c, ok in zip(collapsed, loc) if ok]
+    tokens = np.array([vocab.token_dict[g] for g in genes])
+    medians = np.array([vocab.gene_median[g] for g in genes])
+    loc = np.flatnonzero(loc)
+    if "filter_pass" in adata.obs.columns:
+        cells = np.flatnonzero(adata.obs["filter_pass"].to_numpy() == 1)
+    else:
+        cells = np.arange(adata.n_obs)
+    tokenized, cell_ids = [], []
+    names = adata.obs_names.to_numpy()
+    for i in range(0, len(cells), chunk_size):
+        idx = cells[i:i + chunk_size]
+        n_counts = adata[idx].obs["n_counts"].to_numpy()[:, None]
+        x_view = adata[idx, :].X[:, loc]
+        x_norm = sp.csr_matrix(x_view / n_counts * target_sum / medians)  # dense intermediate, as upstream
+        for j in range(x_norm.shape[0]):
+            row = x_norm[j]
+            tokenized.append(tokens[row.indices][np.argsort(-row.data)])
+        cell_ids.extend(names[idx])
+    cls_id, eos_id = vocab.token_dict["<cls>"], vocab.token_dict["<eos>"]
+    tokenized = [np.concatenate([[cls_id], t[: input_size - 2], [eos_id]]).astype(np.int64) for t in tokenized]
+    ds = Dataset.from_dict({"input_ids": tokenized, "length": [len(t) for t in tokenized], "cell_id": cell_ids})
+    ds.save_to_disk(out_dir)
+    return len(tokenized)
+
+
+def proposed_rank_value_encode(values, token_ids, max_genes):
+    """Drop-in for ``netformer.tokenize.rank_value_encode`` with the same output, several times faster.
+
+    Replaces the three-key ``np.lexsort`` over the whole chunk (three merge-sort passes over ~10^6
+    elements, cache-unfriendly) by: columns in ascending token order with sorted indices (so the
+    token tie-break is the order within each row), then one stable ``argsort(-x)`` per row over its
+    own non-zeros (a few hundred to a few thousand values, in cache; the Python loop costs ~1 us per
+    cell against the ~3 ms per cell of upstream's dense chunk).
+    """
+    import scipy.sparse as sp
+
+    values = sp.csr_matrix(values, copy=True)
+    values.eliminate_zeros()
+    token_ids = np.asarray(token_ids)
+    if token_ids.size > 1 and not np.all(np.diff(token_ids) > 0):
+        perm = np.argsort(token_ids, kind="stable")
+        values, token_ids = values[:, perm], token_ids[perm]
+    values.sort_indices()
+    n = values.shape[0]
+    indptr = values.indptr
+    neg = -values.data
+    counts = np.minimum(np.diff(indptr), max_genes)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    ids = np.empty(offsets[-1], dtype=np.int32)
+    for i in range(n):
+        s, e = indptr[i], indptr[i + 1]
+        top = np.argsort(neg[s:e], kind="stable")[: counts[i]]
+        ids[offsets[i]:offsets[i + 1]] = token_ids[values.indices[s + top]]
+    return ids, offsets
+
+
+def ours_tokenize(path: str, vocab, out_dir: str, input_size: int = 4096, chunk_size: int = 1024,
+                  patched: bool = False) -> int:
+    import netformer.tokenize
+    from netformer.tokenize import TranscriptomeTokenizer
+
+    if patched:
+        netformer.tokenize.rank_value_encode = proposed_rank_value_encode
+
+    tok = TranscriptomeTokenizer(vocab, model_input_size=input_size, chunk_size=chunk_size)
+    return tok.write(path, out_dir, overwrite=True).n_cells_out
+
+
+def worker(which: str, path: str, out_dir: str, input_size: int, chunk_size: int) -> None:
+    import logging
+
+    logging.disable(logging.WARNING)
+    os.environ["TQDM_DISABLE"] = "1"
+    import datasets  # noqa: F401
+    import scanpy  # noqa: F401
+
+    from netformer.genes import GeneVocab
+
+    vocab = GeneVocab.from_geneformer(GC104M)
+    base = _rss_mib()
+    t = time.perf_counter()
+    if which in ("ours", "patched"):
+        n = ours_tokenize(path, vocab, out_dir, input_size, chunk_size, patched=which == "patched")
+    else:
+        n = reference_tokenize(path, vocab, out_dir, input_size)
+    dt = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps({"cells": n, "seconds": dt, "peak_mib": peak, "base_mib": base}))
+
+
+def run_worker(which: str, path: str, out_dir: str, args) -> dict:
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", TQDM_DISABLE="1")
+    cmd = [sys.executable, __file__, "--worker", which, "--files", path, "--out", out_dir,
+           "--input-size", str(args.input_size), "--chunk-size", str(args.chunk_size)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{which} on {path} failed:\n{p.stderr[-3000:]}")
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[7:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Output comparison
+# ---------------------------------------------------------------------------------------------
+def normalised_values(path: str, vocab, rows: np.ndarray, target_sum: float = 10_000.0) -> list[dict]:
+    """{token id: x_g} of the given cells (duplicate collapsed ids summed), for the tie check."""
+    import anndata as ad
+
+    a = ad.read_h5ad(path, backed="r")
+    ids = a.var["ensembl_id"] if "ensembl_id" in a.var.columns else a.var.index
+    mapping = vocab.ensembl_mapping or {}
+    collapsed = [mapping.get(str(g).upper()) for g in ids]
+    n_counts = a.obs["n_counts"].to_numpy()
+    out = []
+    for r in rows:
+        x = a.X[int(r):int(r) + 1]
+        counts: dict[str, float] = {}
+        for j, c in zip(x.indices, x.data):
+            g = collapsed[j]
+            if g is not None and g in vocab.token_dict:
+                counts[g] = counts.get(g, 0.0) + float(c)
+        out.append({vocab.token_dict[g]: c / n_counts[r] * target_sum / vocab.gene_median[g] for g, c in counts.items()})
+    return out
+
+
+def compare(path: str, ours_dir: str, ref_dir: str, vocab) -> dict:
+    """Cells identical / differing only within ties / differing otherwise."""
+    import datasets
+
+    ours = datasets.load_from_disk(ours_dir)
+    ref = datasets.load_from_disk(ref_dir)
+    if ours["cell_id"] != ref["cell_id"]:
+        return {"same_cells": False}
+    a_ids = ours.with_format("numpy")["input_ids"]
+    b_ids = ref.with_format("numpy")["input_ids"]
+    diff = [i for i, (a, b) in enumerate(zip(a_ids, b_ids)) if len(a) != len(b) or not np.array_equal(a, b)]
+    ties, other = 0, 0
+    if diff:
+        import anndata as ad
+
+        names = ad.read_h5ad(path, backed="r").obs_names
+        pos = names.get_indexer(np.asarray(ours.select(diff)["cell_id"]))
+        vals = normalised_values(path, vocab, pos)
+        for i, v in zip(diff, vals):
+            a, b = a_ids[i][1:-1], b_ids[i][1:-1]
+            va = np.array([v[t] for t in a])
+            vb = np.array([v[t] for t in b])
+            if len(a) == len(b) and np.array_equal(va, vb):
+                ties += 1
+            else:
+                other += 1
+    return {"same_cells": True, "cells": len(ours), "identical": len(ours) - len(diff), "tie_permutations": ties,
+            "other_differences": other}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--files", nargs="+", default=[PBMC3K, "/tmp/netformer_bench/synth_20k.h5ad"])
+    p.add_argument("--reference-max-cells", type=int, default=20_000,
+                   help="run the reference only on files with at most this many cells")
+    p.add_argument("--input-size", type=int, default=4096)
+    p.add_argument("--chunk-size", type=int, default=1024, help="netformer's chunk size (cells)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/netformer_bench/tok_out"))
+    p.add_argument("--with-patch", action="store_true",
+                   help="also time ours with the proposed faster rank_value_encode (monkeypatched)")
+    p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
+    p.add_argument("--worker", choices=["ours", "patched", "ref"], help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker(args.worker, args.files[0], args.out, args.input_size, args.chunk_size)
+        return
+
+    import anndata as ad
+
+    from netformer.genes import GeneVocab
+
+    vocab = GeneVocab.from_geneformer(GC104M)
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in args.files:
+        n = ad.read_h5ad(path, backed="r").n_obs
+        stem = Path(path).stem
+        ours_dir, ref_dir = str(args.work / f"{stem}_ours"), str(args.work / f"{stem}_ref")
+        shutil.rmtree(ref_dir, ignore_errors=True)
+        ours = run_worker("ours", path, ours_dir, args)
+        print(f"{stem}: ours {ours}", flush=True)
+        pat, pat_same = None, None
+        if args.with_patch:
+            pat_dir = str(args.work / f"{stem}_patched")
+            pat = run_worker("patched", path, pat_dir, args)
+            import datasets
+
+            pat_same = (datasets.load_from_disk(pat_dir)["input_ids"] == datasets.load_from_disk(ours_dir)["input_ids"])
+            print(f"{stem}: ours + proposed rank_value_encode {pat}, input_ids equal to ours: {pat_same}", flush=True)
+        ref, cmp = None, None
+        if n <= args.reference_max_cells:
+            ref = run_worker("ref", path, ref_dir, args)
+            print(f"{stem}: reference {ref}", flush=True)
+            cmp = compare(path, ours_dir, ref_dir, vocab)
+            print(f"{stem}: comparison {cmp}", flush=True)
+        rows.append(dict(
+            file=Path(path).name, cells=ours["cells"],
+            ours_cells_s=ours["cells"] / ours["seconds"],
+            ref_cells_s=(ref["cells"] / ref["seconds"]) if ref else float("nan"),
+            patched_cells_s=(pat["cells"] / pat["seconds"]) if pat else float("nan"),
+            patched_peak_mib=pat["peak_mib"] if pat else float("nan"), patched_same=pat_same,
+            ours_peak_mib=ours["peak_mib"], ours_base_mib=ours["base_mib"],
+            ref_peak_mib=ref["peak_mib"] if ref else float("nan"),
+            ref_base_mib=ref["base_mib"] if ref else float("nan"),
+            identical=(f"{cmp['identical']}/{cmp['cells']} identical, {cmp['tie_permutations']} tie perms, "
+                       f"{cmp['other_differences']} other" if cmp and cmp.get("same_cells") else
+                       ("cell sets differ" if cmp else "reference not run")),
+        ))
+    print()
+    head = "| file | cells | ours cells/s | reference cells/s | ratio | ours peak RSS MiB (base) | reference peak RSS MiB (base) | output |"
+    print(head)
+    print("|" + "---|" * 8)
+    for r in rows:
+        ratio = r["ours_cells_s"] / r["ref_cells_s"] if r["ref_cells_s"] == r["ref_cells_s"] else float("nan")
+        print(f"| {r['file']} | {r['cells']:,} | {r['ours_cells_s']:,.0f} | {r['ref_cells_s']:,.0f} | {ratio:.1f}x | "
+              f"{r['ours_peak_mib']:.0f} ({r['ours_base_mib']:.0f}) | {r['ref_peak_mib']:.0f} ({r['ref_base_mib']:.0f}) | "
+              f"{r['identical']} |")
+    if args.with_patch:
+        print()
+        print("| file | cells | ours + proposed patch cells/s | ratio to reference | ratio to ours | peak RSS MiB | input_ids equal to ours |")
+        print("|" + "---|" * 7)
+        for r in rows:
+            print(f"| {r['file']} | {r['cells']:,} | {r['patched_cells_s']:,.0f} | {r['patched_cells_s'] / r['ref_cells_s']:.1f}x | "
+                  f"{r['patched_cells_s'] / r['ours_cells_s']:.2f}x | {r['patched_peak_mib']:.0f} | {r['patched_same']} |")
+    if args.csv:
+        import pandas as pd
+
+        pd.DataFrame(rows).to_csv(args.csv, index=False)
+
+
+if __name__ == "__main__":
+    main()
