@@ -63,7 +63,8 @@ def test_main_prints_clear_errors(tmp_path, capsys):
 def test_demo_end_to_end(tmp_path):
     import netformer
 
-    res = netformer.demo(tmp_path / "demo", preset="tiny", max_length=64, epochs=0.2, batch_size=32, warmup_steps=2)
+    res = netformer.demo(tmp_path / "demo", preset="tiny", max_length=64, epochs=0.5, batch_size=32, warmup_steps=2,
+                         max_cells=700)
     out = res.output_dir
     for name in ["report.html", "metrics.json", "umap_cell_type.png", "umap_pca_baseline.png", "training_loss.png",
                  "cells.h5ad", "cell_embeddings.parquet"]:
@@ -71,13 +72,13 @@ def test_demo_end_to_end(tmp_path):
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     m = json.loads((out / "metrics.json").read_text())
-    assert m["n_cells"] == 2700 and m["mean_tokens_per_cell"] == 64
-    assert 0 < m["knn_accuracy_netformer"] <= 1 and m["knn_accuracy_pca_baseline"] > 0.85
-    assert len(m["cell_type_counts"]) == 8
+    assert m["n_cells"] == 700 and m["mean_tokens_per_cell"] == 64
+    assert 0 < m["knn_accuracy_netformer"] <= 1 and m["knn_accuracy_pca_baseline"] > 0.8
+    assert len(m["cell_type_counts"]) >= 6
     html = (out / "report.html").read_text()
     assert "k-NN" in html or "NN cell type accuracy" in html
     assert html.count("data:image/png;base64") == 3
     cells = ad.read_h5ad(out / "cells.h5ad")
-    assert cells.obsm["X_netformer"].shape == (2700, 64) and np.isfinite(cells.obsm["X_netformer"]).all()
+    assert cells.obsm["X_netformer"].shape == (700, 64) and np.isfinite(cells.obsm["X_netformer"]).all()
     with pytest.raises(OutputExistsError):
         netformer.demo(out)

@@ -158,5 +158,14 @@ def load_model(
     path = Path(path)
     if not (path / "config.json").exists():
         raise ConfigError(f"{path} is not a model directory (no config.json)")
-    model = classes[kind].from_pretrained(str(path), attn_implementation=attn_implementation, **kwargs)
+    if kind == "base":
+        kwargs.setdefault("add_pooling_layer", False)  # embeddings never use BERT's pooler
+    # Loading an encoder out of a head checkpoint leaves the head's weights unused by design; keep
+    # transformers' load report for real problems only.
+    previous = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        model = classes[kind].from_pretrained(str(path), attn_implementation=attn_implementation, **kwargs)
+    finally:
+        transformers.logging.set_verbosity(previous)
     return model.to(get_device(device)).eval()
