@@ -123,3 +123,32 @@ def test_save_model_is_atomic(tiny_pretrained, tmp_path):
     with pytest.raises(OutputExistsError):
         save_model(model, tmp_path / "m")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_published_geneformer_v1_checkpoint_layout_runs_with_our_tokenizer(shared_data, tmp_path):
+    """A directory laid out like the published Geneformer-V1-10M checkpoint (upstream's config.json
+    fields, weights as pytorch_model.bin) loads and embeds cells tokenized with the gc30M dictionary."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from netformer.genes import GeneVocab
+    from netformer.tokenize import TranscriptomeTokenizer
+
+    upstream_config = {
+        "architectures": ["BertForMaskedLM"], "attention_probs_dropout_prob": 0.02, "gradient_checkpointing": False,
+        "hidden_act": "relu", "hidden_dropout_prob": 0.02, "hidden_size": 256, "initializer_range": 0.02,
+        "intermediate_size": 512, "layer_norm_eps": 1e-12, "max_position_embeddings": 2048, "model_type": "bert",
+        "num_attention_heads": 4, "num_hidden_layers": 6, "pad_token_id": 0, "position_embedding_type": "absolute",
+        "transformers_version": "4.6.0", "type_vocab_size": 2, "use_cache": True, "vocab_size": 25426,
+    }
+    ckpt = tmp_path / "gf-6L-30M-i2048"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps(upstream_config))
+    torch.manual_seed(0)
+    torch.save(BertForMaskedLM(BertConfig(**upstream_config)).state_dict(), ckpt / "pytorch_model.bin")
+
+    v1 = GeneVocab.from_geneformer(shared_data / "genes" / "geneformer_gc30M")
+    model = load_model(ckpt)
+    v1.check_model(model.config.vocab_size, model.config.pad_token_id)
+    ds = TranscriptomeTokenizer(v1, model_input_size=2048).tokenize(shared_data / "scrna" / "cider_baron_pancreas_350cells_raw.h5ad")
+    emb = embed_cells(model, ds.select(range(8)), EmbeddingConfig(batch_size=4))
+    assert emb.shape == (8, 256) and np.isfinite(emb).all()
