@@ -33,6 +33,22 @@ def scrna(shared_data) -> Path:
     return shared_data / "scrna"
 
 
+@pytest.fixture(scope="session")
+def v1(shared_data):
+    """Geneformer V1 (gc30M) dictionaries."""
+    from netformer.genes import GeneVocab
+
+    return GeneVocab.from_geneformer(shared_data / "genes" / "geneformer_gc30M")
+
+
+@pytest.fixture(scope="session")
+def v2(shared_data):
+    """Geneformer V2 (gc104M) dictionaries."""
+    from netformer.genes import GeneVocab
+
+    return GeneVocab.from_geneformer(shared_data / "genes" / "geneformer_gc104M")
+
+
 @dataclass
 class TinyModel:
     """A tiny model pretrained on real cells, with its vocabulary and tokenized data."""

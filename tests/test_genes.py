@@ -12,16 +12,6 @@ from netformer.genes import GeneVocab, ensembl_to_symbol, load_pickle_dict, look
 GAPDH = "ENSG00000111640"
 
 
-@pytest.fixture(scope="module")
-def v1(shared_data):
-    return GeneVocab.from_geneformer(shared_data / "genes" / "geneformer_gc30M")
-
-
-@pytest.fixture(scope="module")
-def v2(shared_data):
-    return GeneVocab.from_geneformer(shared_data / "genes" / "geneformer_gc104M")
-
-
 def test_geneformer_v1_dictionaries(v1):
     assert v1.vocab_size == 25_426
     assert v1.pad_id == 0 and v1.mask_id == 1

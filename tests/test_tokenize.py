@@ -29,16 +29,6 @@ SCRNA_FILES = [
 
 
 @pytest.fixture(scope="module")
-def v1(shared_data):
-    return GeneVocab.from_geneformer(shared_data / "genes" / "geneformer_gc30M")
-
-
-@pytest.fixture(scope="module")
-def v2(shared_data):
-    return GeneVocab.from_geneformer(shared_data / "genes" / "geneformer_gc104M")
-
-
-@pytest.fixture(scope="module")
 def pbmc(scrna):
     return ad.read_h5ad(scrna / "pbmc3k_raw_labeled.h5ad")
 

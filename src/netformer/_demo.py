@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._io import atomic_file, check_output
+from ._io import atomic_file
 from .errors import OutputExistsError
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,6 @@ def run_demo(output_dir: str | Path = "netformer_demo", config: DemoConfig | Non
     config
         :class:`DemoConfig`; keyword overrides (e.g. ``epochs=1``) apply on top.
     """
-    import anndata as ad
-
     from . import annotate
     from .datasets import pbmc3k
     from .embed import EmbeddingConfig, embed_cells, knn_accuracy, pca_baseline, umap_plot
