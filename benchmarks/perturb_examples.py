@@ -92,7 +92,7 @@ def run_example(name: str, model_dir: Path, n_cells: int, top_k: int, n_exact: i
         title = "Kang 2018: delete each gene in IFN-beta stimulated cells, shift toward ctrl"
     else:
         path, col = scrna / "pbmc3k_raw_labeled.h5ad", "cell_type"
-        states = CellStates(col, start="CD14+ Mono", goal="FCGR3A+ Mono", alternatives=("DC",))
+        states = CellStates(col, start="CD14+ Monocytes", goal="FCGR3A+ Monocytes", alternatives=("Dendritic cells",))
         title = "pbmc3k: delete each gene in CD14+ monocytes, shift toward FCGR3A+ monocytes"
     ds = TranscriptomeTokenizer(vocab, model_input_size=256, obs_columns=[col]).tokenize(path)
     out = TMP / f"isp_{name}_{mode}"

@@ -197,3 +197,22 @@ def test_bad_input(tiny_pretrained):
     bad = datasets.Dataset.from_dict({"input_ids": [[v.cls_id, v.vocab_size + 5, 10, v.eos_id]]})
     with pytest.raises(DictionaryError):
         perturb(t.model_dir, bad, _cfg(max_cells=None))
+
+
+def test_cli_perturb(tiny_pretrained, tmp_path):
+    from typer.testing import CliRunner
+
+    from netformer.cli import app
+
+    t = tiny_pretrained
+    data = tmp_path / "kang_tok"
+    t.kang.save_to_disk(str(data))
+    out = tmp_path / "isp"
+    args = ["perturb", str(t.model_dir), str(data), str(out), "-g", "ISG15", "--state-column", "condition",
+            "--start", "stim", "--goal", "ctrl", "--max-cells", "3", "--device", "cpu"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    res = pd.read_parquet(out / "results.parquet")
+    assert set(res["perturbed"]) == {"ENSG00000187608"} and (out / "genes.csv").exists()
+    r = CliRunner().invoke(app, [a if a != "stim" else "ctrl" for a in args])  # start == goal
+    assert r.exit_code != 0 and isinstance(r.exception, ConfigError)

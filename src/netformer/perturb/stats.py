@@ -156,7 +156,8 @@ def gene_stats(results: pd.DataFrame, config: StatsConfig | None = None, null: p
         if null_vals is not None:
             ref = null_vals
         else:
-            ref = np.concatenate([by_gene[h] for h in sorted(null_genes) if h != g]) if g in null_genes else null_all
+            others = [by_gene[h] for h in sorted(null_genes) if h != g]
+            ref = (np.concatenate(others) if others else None) if g in null_genes else null_all
         if ref is not None and len(ref) > cfg.max_reference:
             ref = np.random.default_rng(cfg.seed + 1).choice(ref, cfg.max_reference, replace=False)
         p_null[i] = _mwu(x, ref) if ref is not None else np.nan
