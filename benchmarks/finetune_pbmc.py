@@ -124,6 +124,12 @@ def task_cells(args, name, path, label, n_splits, group=None, n_cells=None, cmd=
     cols = [label] + ([group] if group else [])
     data = tokenize_cells(SCRNA / path, load_vocab_for(mdir), max_length=args.max_length, obs_columns=cols,
                           n_cells=n_cells, seed=0)
+    y = pd.Series(data.dataset[label])
+    counts = y.value_counts()
+    rare = counts[counts < n_splits]
+    if len(rare):  # a class must have a member in every fold
+        log.warning("dropping classes with fewer than %d cells: %s", n_splits, rare.to_dict())
+        data = data.subset(np.flatnonzero((~y.isin(rare.index)).to_numpy()))
     cv = cross_validate_cells(mdir, data, label, n_splits=n_splits, group_column=group, config=_cfg(args),
                               drop_missing=True)
     _cv_report(name, cv, cmd)

@@ -143,8 +143,11 @@ def torch_equal(x, y):
 
 
 def test_search_returns_best_config_and_trials(tiny_pretrained, pbmc_cells):
-    data = pbmc_cells.subset(np.arange(240))
     from netformer.classify import SearchSpace
+
+    types = pd.Series(pbmc_cells.dataset["cell_type"])
+    common = types.value_counts().index[:4]
+    data = pbmc_cells.subset(np.flatnonzero(types.isin(common).to_numpy())[:240])
 
     space = SearchSpace(epochs=(1, 1), batch_size=(32,), freeze_layers=(0, 2))
     res = search_cells(tiny_pretrained.model_dir, data, "cell_type", n_trials=2, space=space,
@@ -164,6 +167,8 @@ def test_bad_input(tiny_pretrained, pbmc_cells, scrna):
         CellClassifier(mdir).fit(ds, ["a", None] * 30)
     with pytest.raises(InputDataError, match="fewer members than"):
         kfold_indices(["a"] * 10 + ["b"] * 2, n_splits=5)
+    with pytest.raises(InputDataError, match="fewer members than"):
+        train_val_test_split(["a"] * 10 + ["b"], test_size=0.3)
     with pytest.raises(InputDataError, match="groups"):
         kfold_indices(["a", "b"] * 5, n_splits=3, groups=["d1", "d2"] * 5)
     with pytest.raises(GeneIdError):

@@ -43,7 +43,7 @@ def check_labels(labels: Sequence, n_splits: int | None = None, what: str = "cel
     if n_splits is not None and counts.min() < n_splits:
         rare = counts[counts < n_splits]
         raise InputDataError(
-            f"classes with fewer members than the {n_splits} folds: {rare.to_dict()}; drop or merge "
+            f"classes with fewer members than the {n_splits} folds/splits: {rare.to_dict()}; drop or merge "
             "these classes, or lower n_splits"
         )
     return y
@@ -134,7 +134,7 @@ def train_val_test_split(
 
     if not 0 < test_size < 1 or not 0 <= val_size < 1 or test_size + val_size >= 1:
         raise ConfigError("need 0 < test_size < 1, 0 <= val_size < 1 and test_size + val_size < 1")
-    y = check_labels(labels)
+    y = check_labels(labels, None if groups is not None else 2)
     idx = np.arange(len(y))
     if groups is None:
         rest, test = train_test_split(idx, test_size=test_size, stratify=y, random_state=seed)
