@@ -200,8 +200,8 @@ class GeneVocab:
             (tmp / "token_dictionary.json").write_text(json.dumps(self.token_dict))
             (tmp / "gene_median_dictionary.json").write_text(json.dumps(self.gene_median))
             if self.ensembl_mapping is not None:
-                with gzip.open(tmp / "ensembl_mapping_dict.json.gz", "wt") as fh:
-                    json.dump(self.ensembl_mapping, fh)
+                with gzip.open(tmp / "ensembl_mapping_dict.json.gz", "wt", compresslevel=1) as fh:
+                    fh.write(json.dumps(self.ensembl_mapping))
             (tmp / "vocab_info.json").write_text(json.dumps({"name": self.name}))
         return Path(directory)
 
