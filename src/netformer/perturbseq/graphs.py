@@ -180,7 +180,6 @@ def go_graph_from_annotations(
         shape=(len(genes), term_codes.max() + 1),
     )
     size = np.asarray(B.sum(1)).ravel()
-    BT = B.T.tocsc()
     if targets is None:
         tidx = np.arange(len(genes))
     else:
@@ -191,24 +190,24 @@ def go_graph_from_annotations(
             log.warning("%d target genes have no GO annotation and get no edges: %s", len(missing), missing[:10])
         tidx = np.array([pos[t] for t in wanted if t in pos], dtype=np.int64)
     src_all, tgt_all, w_all = [], [], []
+    kk = min(k, len(genes) - 1)
+    BT = B.T.tocsc()
     for start in range(0, len(tidx), block_size):
         rows = tidx[start : start + block_size]
-        inter = (B[rows] @ BT).toarray()  # (block, n_genes) shared-term counts
-        jac = inter / (size[rows, None] + size[None, :] - inter)
-        jac[np.arange(len(rows)), rows] = 0.0  # self loop added separately
-        jac[jac <= threshold] = 0.0
-        kk = min(k, jac.shape[1] - 1)
-        # order by (-jaccard, source index) to make ties deterministic
-        top = np.argpartition(-jac, kk - 1, axis=1)[:, :kk] if kk < jac.shape[1] else np.tile(np.arange(jac.shape[1]), (len(rows), 1))
-        cut = np.take_along_axis(jac, top, 1).min(1)  # k-th largest value per row
-        for r, v in enumerate(rows):
-            above = np.flatnonzero(jac[r] > cut[r])
-            tied = np.flatnonzero(jac[r] == cut[r]) if cut[r] > 0 else np.array([], dtype=np.int64)
-            chosen = np.concatenate([above, tied[: kk - len(above)]])
-            chosen = chosen[jac[r, chosen] > 0]
-            src_all.append(np.concatenate([[v], chosen]))
-            tgt_all.append(np.full(len(chosen) + 1, v))
-            w_all.append(np.concatenate([[1.0], jac[r, chosen]]))
+        inter = (B[rows] @ BT).tocoo()  # shared-term counts of the block's genes with all genes
+        r, c = inter.row, inter.col
+        v = inter.data.astype(np.float64)
+        v = v / (size[rows[r]] + size[c] - v)  # Jaccard on the non-zero pairs only
+        ok = (v > threshold) & (c != rows[r])  # self loop added separately
+        r, c, v = r[ok], c[ok], v[ok]
+        # order by (target, -jaccard, source index) and keep the first k of each target
+        order = np.lexsort((c, -v, r))
+        r, c, v = r[order], c[order], v[order]
+        first = np.searchsorted(r, np.arange(len(rows)))
+        keep = (np.arange(len(r)) - first[r]) < kk
+        src_all += [rows, c[keep]]
+        tgt_all += [rows, rows[r[keep]]]
+        w_all += [np.ones(len(rows)), v[keep]]
     if not src_all:
         return pd.DataFrame(columns=EDGE_COLUMNS)
     src, tgt, w = (np.concatenate(a) for a in (src_all, tgt_all, w_all))
