@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DemoConfig:
-    """Settings of the demo (defaults finish in about 10 minutes on a 2-core CPU).
+    """Settings of the demo (defaults finish in about 5 minutes on an idle 2-core CPU).
 
     Attributes
     ----------
