@@ -115,45 +115,8 @@ def reference_tokenize(path: str, vocab, out_dir: str, input_size: int = 4096, c
     return len(tokenized)
 
 
-def proposed_rank_value_encode(values, token_ids, max_genes):
-    """Drop-in for ``netformer.tokenize.rank_value_encode`` with the same output, several times faster.
-
-    Replaces the three-key ``np.lexsort`` over the whole chunk (three merge-sort passes over ~10^6
-    elements, cache-unfriendly) by: columns in ascending token order with sorted indices (so the
-    token tie-break is the order within each row), then one stable ``argsort(-x)`` per row over its
-    own non-zeros (a few hundred to a few thousand values, in cache; the Python loop costs ~1 us per
-    cell against the ~3 ms per cell of upstream's dense chunk).
-    """
-    import scipy.sparse as sp
-
-    values = sp.csr_matrix(values, copy=True)
-    values.eliminate_zeros()
-    token_ids = np.asarray(token_ids)
-    if token_ids.size > 1 and not np.all(np.diff(token_ids) > 0):
-        perm = np.argsort(token_ids, kind="stable")
-        values, token_ids = values[:, perm], token_ids[perm]
-    values.sort_indices()
-    n = values.shape[0]
-    indptr = values.indptr
-    neg = -values.data
-    counts = np.minimum(np.diff(indptr), max_genes)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    ids = np.empty(offsets[-1], dtype=np.int32)
-    for i in range(n):
-        s, e = indptr[i], indptr[i + 1]
-        top = np.argsort(neg[s:e], kind="stable")[: counts[i]]
-        ids[offsets[i]:offsets[i + 1]] = token_ids[values.indices[s + top]]
-    return ids, offsets
-
-
-def ours_tokenize(path: str, vocab, out_dir: str, input_size: int = 4096, chunk_size: int = 1024,
-                  patched: bool = False) -> int:
-    import netformer.tokenize
+def ours_tokenize(path: str, vocab, out_dir: str, input_size: int = 4096, chunk_size: int = 1024) -> int:
     from netformer.tokenize import TranscriptomeTokenizer
-
-    if patched:
-        netformer.tokenize.rank_value_encode = proposed_rank_value_encode
 
     tok = TranscriptomeTokenizer(vocab, model_input_size=input_size, chunk_size=chunk_size)
     return tok.write(path, out_dir, overwrite=True).n_cells_out
@@ -199,8 +162,8 @@ def worker(which: str, path: str, out_dir: str, input_size: int, chunk_size: int
     base = _rss_mib()
     anon = _AnonPeak()
     t = time.perf_counter()
-    if which in ("ours", "patched"):
-        n = ours_tokenize(path, vocab, out_dir, input_size, chunk_size, patched=which == "patched")
+    if which == "ours":
+        n = ours_tokenize(path, vocab, out_dir, input_size, chunk_size)
     else:
         n = reference_tokenize(path, vocab, out_dir, input_size)
     dt = time.perf_counter() - t
@@ -296,10 +259,8 @@ def main() -> None:
     p.add_argument("--input-size", type=int, default=4096)
     p.add_argument("--chunk-size", type=int, default=1024, help="netformer's chunk size (cells)")
     p.add_argument("--work", type=Path, default=Path("/tmp/netformer_bench/tok_out"))
-    p.add_argument("--with-patch", action="store_true",
-                   help="also time ours with the proposed faster rank_value_encode (monkeypatched)")
     p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
-    p.add_argument("--worker", choices=["ours", "patched", "ref"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["ours", "ref"], help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -320,15 +281,6 @@ def main() -> None:
         shutil.rmtree(ref_dir, ignore_errors=True)
         ours = run_worker("ours", path, ours_dir, args)
         print(f"{stem}: ours {ours}", flush=True)
-        pat, pat_same = None, None
-        if args.with_patch:
-            pat_dir = str(args.work / f"{stem}_patched")
-            pat = run_worker("patched", path, pat_dir, args)
-            import datasets
-
-            pat_same = all(u == v for _, u, v in _paired_ids(datasets.load_from_disk(pat_dir),
-                                                             datasets.load_from_disk(ours_dir)))
-            print(f"{stem}: ours + proposed rank_value_encode {pat}, input_ids equal to ours: {pat_same}", flush=True)
         ref, cmp = None, None
         if n <= args.reference_max_cells:
             ref = run_worker("ref", path, ref_dir, args)
@@ -340,11 +292,8 @@ def main() -> None:
             file=Path(path).name, cells=ours["cells"],
             ours_cells_s=ours["cells"] / ours["seconds"],
             ref_cells_s=(ref["cells"] / ref["seconds"]) if ref else float("nan"),
-            patched_cells_s=(pat["cells"] / pat["seconds"]) if pat else float("nan"),
-            patched_peak_mib=pat["peak_mib"] if pat else float("nan"), patched_same=pat_same,
             ours_peak_mib=ours["peak_mib"], ours_base_mib=ours["base_mib"], ours_peak_anon_mib=ours["peak_anon_mib"],
             ref_peak_anon_mib=ref["peak_anon_mib"] if ref else float("nan"),
-            patched_peak_anon_mib=pat["peak_anon_mib"] if pat else float("nan"),
             ref_peak_mib=ref["peak_mib"] if ref else float("nan"),
             ref_base_mib=ref["base_mib"] if ref else float("nan"),
             identical=(f"{cmp['identical']}/{cmp['cells']} identical, {cmp['tie_permutations']} tie perms, "
@@ -362,13 +311,6 @@ def main() -> None:
               f"{r['ours_peak_mib']:.0f} ({r['ours_base_mib']:.0f}; {r['ours_peak_anon_mib']:.0f}) | "
               f"{r['ref_peak_mib']:.0f} ({r['ref_base_mib']:.0f}; {r['ref_peak_anon_mib']:.0f}) | "
               f"{r['identical']} |")
-    if args.with_patch:
-        print()
-        print("| file | cells | ours + proposed patch cells/s | ratio to reference | ratio to ours | peak RSS MiB (heap peak) | input_ids equal to ours |")
-        print("|" + "---|" * 7)
-        for r in rows:
-            print(f"| {r['file']} | {r['cells']:,} | {r['patched_cells_s']:,.0f} | {r['patched_cells_s'] / r['ref_cells_s']:.1f}x | "
-                  f"{r['patched_cells_s'] / r['ours_cells_s']:.2f}x | {r['patched_peak_mib']:.0f} ({r['patched_peak_anon_mib']:.0f}) | {r['patched_same']} |")
     if args.csv:
         import pandas as pd
 
