@@ -87,6 +87,8 @@ class _Finetuner:
                   label2id={c: i for i, c in enumerate(classes)})
         if cfg.classifier_dropout is not None:
             kw["classifier_dropout"] = cfg.classifier_dropout
+        if cfg.attention_dropout is not None:
+            kw["attention_probs_dropout_prob"] = cfg.attention_dropout
         model = load_model(self.model_dir, kind=self.kind, device=self.device, **kw)
         n_layers = len(model.bert.encoder.layer)
         n_freeze = n_layers if cfg.freeze_layers < 0 else min(cfg.freeze_layers, n_layers)
