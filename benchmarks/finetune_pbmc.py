@@ -175,7 +175,7 @@ def task_search(args, cmd):
     data = tokenize_cells(SCRNA / "pbmc3k_raw_labeled.h5ad", load_vocab_for(mdir), max_length=args.max_length,
                           obs_columns=["cell_type"], n_cells=args.cells or 1200, seed=0)
     data = data.subset([i for i, v in enumerate(data.dataset["cell_type"]) if v is not None])
-    space = SearchSpace(learning_rate=(1e-4, 3e-3), epochs=(1, 3), batch_size=(16, 32), freeze_layers=(0, 2))
+    space = SearchSpace(learning_rate=(1e-4, 3e-3), epochs=(2, 6), batch_size=(16, 32), freeze_layers=(0, 2))
     res = search_cells(mdir, data, "cell_type", n_trials=args.trials, space=space, base_config=_cfg(args))
     res.trials.round(5).to_csv(RESULTS / "finetune_search_trials.csv", index=False)
     best = res.trials.loc[res.trials["val_macro_f1"].idxmax()]
