@@ -93,7 +93,7 @@ def _cfg(args, **kw):
     from netformer.classify import FinetuneConfig
 
     base = dict(epochs=args.epochs, batch_size=16, learning_rate=args.lr, warmup_ratio=0.1, weight_decay=0.01,
-                max_length=args.max_length, seed=0)
+                freeze_layers=args.freeze, max_length=args.max_length, seed=0)
     base.update(kw)
     return FinetuneConfig(**base)
 
@@ -247,6 +247,7 @@ def main(argv=None) -> None:
     p.add_argument("--pretrain-steps", type=int, default=600, help="cap on pretraining steps (-1: epochs)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--freeze", type=int, default=0, help="freeze the embeddings and the first N encoder layers")
     p.add_argument("--cells", type=int, default=None, help="random subsample of cells for pbmc / kang")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
     p.add_argument("--tf-cells", type=int, default=800)
