@@ -93,7 +93,7 @@ def _cfg(args, **kw):
     from netformer.classify import FinetuneConfig
 
     base = dict(epochs=args.epochs, batch_size=16, learning_rate=args.lr, warmup_ratio=0.1, weight_decay=0.01,
-                freeze_layers=args.freeze, max_length=args.max_length, seed=0)
+                freeze_layers=args.freeze, max_length=args.max_length, class_weights=args.class_weights, seed=0)
     base.update(kw)
     return FinetuneConfig(**base)
 
@@ -132,7 +132,7 @@ def task_cells(args, name, path, label, n_splits, group=None, n_cells=None, cmd=
         data = data.subset(np.flatnonzero((~y.isin(rare.index)).to_numpy()))
     cv = cross_validate_cells(mdir, data, label, n_splits=n_splits, group_column=group, config=_cfg(args),
                               drop_missing=True)
-    _cv_report(name, cv, cmd)
+    _cv_report(name + ("_balanced" if args.class_weights else ""), cv, cmd)
 
 
 def task_tf(args, cmd):
@@ -247,6 +247,8 @@ def main(argv=None) -> None:
     p.add_argument("--pretrain-steps", type=int, default=600, help="cap on pretraining steps (-1: epochs)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--class-weights", choices=["balanced"], default=None,
+                   help="weight the cross-entropy by inverse class frequency (cell tasks; the TF task always does)")
     p.add_argument("--freeze", type=int, default=0, help="freeze the embeddings and the first N encoder layers")
     p.add_argument("--cells", type=int, default=None, help="random subsample of cells for pbmc / kang")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
