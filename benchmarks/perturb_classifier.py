@@ -32,7 +32,7 @@ import torch
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from perturb_examples import KNOWN_ISGS, RESULTS, TMP  # noqa: E402
+from perturb_examples import KNOWN_ISGS, RESULTS, TMP, markdown_table  # noqa: E402
 
 DEFAULT_MODEL = TMP / "pretrained_small" / "model"
 
@@ -100,16 +100,11 @@ def main() -> None:
                        known_isgs_tested=int(len(isg_rank)),
                        known_isg_median_rank=float(np.median(isg_rank)) if len(isg_rank) else None)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    cols = ["symbol", "ensembl_id", "n_cells", "mean_shift", "fdr_vs_pooled", "fdr_vs_null"]
     md = [f"# {ex['title']}", "", f"`python benchmarks/perturb_classifier.py {args.example} --epochs {args.epochs} "
           f"--cells {args.cells}`", "", "```", json.dumps(summary, indent=1), "```", ""]
     for name, part in (("Top 20 by mean shift toward the goal (genes in >= 5 cells)", tested.head(20)),
                        ("Top 20 significant (FDR vs pooled < 0.05) toward the goal", sig_toward.head(20))):
-        md += [f"## {name}", "", "| rank | " + " | ".join(cols) + " | known ISG |", "|---" * (len(cols) + 2) + "|"]
-        for i, r in part.iterrows():
-            vals = [str(r[c]) if c in ("symbol", "ensembl_id", "n_cells") else f"{r[c]:.3g}" for c in cols]
-            md.append(f"| {i + 1} | " + " | ".join(vals) + f" | {'yes' if r['symbol'] in KNOWN_ISGS else ''} |")
-        md.append("")
+        md += [f"## {name}", ""] + markdown_table(part, isg_column=True) + [""]
     (out / "top20.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

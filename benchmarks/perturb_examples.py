@@ -47,6 +47,21 @@ KNOWN_ISGS = {
 }
 
 
+TABLE_COLUMNS = ["symbol", "ensembl_id", "n_cells", "mean_shift", "fdr_vs_pooled", "fdr_vs_null"]
+
+
+def markdown_table(part, isg_column: bool) -> list[str]:
+    """Markdown rows for a slice of a :func:`netformer.perturb.gene_stats` table (rank = row index + 1)."""
+    cols = TABLE_COLUMNS
+    lines = ["| rank | " + " | ".join(cols) + (" | known ISG |" if isg_column else " |"),
+             "|---" * (len(cols) + 1 + isg_column) + "|"]
+    for i, r in part.iterrows():
+        vals = [str(r[c]) if c in ("symbol", "ensembl_id", "n_cells") else f"{r[c]:.3g}" for c in cols]
+        isg = f" | {'yes' if r['symbol'] in KNOWN_ISGS else ''} |" if isg_column else " |"
+        lines.append(f"| {i + 1} | " + " | ".join(vals) + isg)
+    return lines
+
+
 def prepare_model(model_arg: str | None) -> Path:
     """The pretrained model directory (a Trainer checkpoint gets the vocabulary copied in)."""
     from netformer.tokenize import build_vocab
@@ -135,13 +150,7 @@ def run_example(name: str, model_dir: Path, n_cells: int, top_k: int, n_exact: i
         summary["known_isgs_tested"] = int(len(isg_rank))
         summary["known_isg_median_rank"] = float(np.median(isg_rank)) if len(isg_rank) else None
     (RESULTS / f"perturb_{name}" / "summary.json").write_text(json.dumps(summary, indent=1))
-    cols = ["symbol", "ensembl_id", "n_cells", "mean_shift", "fdr_vs_pooled", "fdr_vs_null"]
-    md = [f"# {title}", "", "```", json.dumps(summary, indent=1), "```", "",
-          "| rank | " + " | ".join(cols) + (" | known ISG |" if name == "kang" else " |"),
-          "|---" * (len(cols) + 1 + (name == "kang")) + "|"]
-    for i, r in top.iterrows():
-        vals = [str(r[c]) if c in ("symbol", "ensembl_id", "n_cells") else f"{r[c]:.3g}" for c in cols]
-        md.append(f"| {i + 1} | " + " | ".join(vals) + (f" | {'yes' if isg[i] else ''} |" if name == "kang" else " |"))
+    md = [f"# {title}", "", "```", json.dumps(summary, indent=1), "```", ""] + markdown_table(top, name == "kang")
     (RESULTS / f"perturb_{name}" / "top20.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

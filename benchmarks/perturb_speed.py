@@ -34,7 +34,6 @@ from netformer.model import model_config, new_model
 from netformer.perturb import ExactEvaluator, perturb_cell, rank_agreement, reference_embeddings, screen_cell
 from netformer.perturb.engine import cosine
 
-DEVICE = "cpu"  # --device
 TRAINED = Path(__file__).resolve().parent / "results" / "tmp" / "pretrained_small" / "model"
 
 
@@ -42,7 +41,8 @@ def shifts(embs: np.ndarray, orig: np.ndarray, goal: np.ndarray) -> np.ndarray:
     return cosine(embs, goal) - cosine(orig[None], goal)[0]
 
 
-def bench(name, model, vocab, cells, goal, n_ref, n_exact, top_k, batch_size, full_exact: bool) -> dict:
+def bench(name, model, vocab, cells, goal, n_ref, n_exact, top_k, batch_size, full_exact: bool,
+          device: str = "cpu") -> dict:
     special = vocab.special_ids
     cell = cells[0]
     genes = [t for t in cell if t not in set(special)]
@@ -51,11 +51,11 @@ def bench(name, model, vocab, cells, goal, n_ref, n_exact, top_k, batch_size, fu
     ref_vars = [perturb_cell(cell, [genes[i]], "delete") for i in pick]
     # reference
     t0 = time.perf_counter()
-    ref = reference_embeddings(model, [cell] + ref_vars, special, layer=-2, device=DEVICE)
+    ref = reference_embeddings(model, [cell] + ref_vars, special, layer=-2, device=device)
     t_ref = time.perf_counter() - t0
     ref_rate = len(ref_vars) / t_ref
     # exact, the same perturbations (check) then n_exact for the rate
-    with ExactEvaluator(model, special, layer=-2, batch_size=batch_size, device=DEVICE) as ev:
+    with ExactEvaluator(model, special, layer=-2, batch_size=batch_size, device=device) as ev:
         eff = ev.evaluate(cell, ref_vars)
         err = float(np.abs(shifts(eff.perturbed, eff.original, goal) - shifts(ref[1:], ref[0], goal)).max())
         sel = genes if full_exact else [genes[i] for i in rng.choice(len(genes), size=min(n_exact, len(genes)), replace=False)]
@@ -76,13 +76,13 @@ def bench(name, model, vocab, cells, goal, n_ref, n_exact, top_k, batch_size, fu
            "screen_genes_per_s": scr_rate, "screen_speedup": scr_rate / ref_rate, "top_k": top_k}
     if full_exact:
         pairs = [(est, exact_shift)]
-        for c in cells[1:]:
-            # inside the evaluator's context, as in perturb(): the screen then differentiates the
-            # same truncated encoder (embedding layer -2) that exact mode evaluates
-            with ExactEvaluator(model, special, layer=-2, batch_size=batch_size, device=DEVICE) as ev:
+        # inside the evaluator's context, as in perturb(): the screen then differentiates the same
+        # truncated encoder (embedding layer -2) that exact mode evaluates
+        with ExactEvaluator(model, special, layer=-2, batch_size=batch_size, device=device) as ev:
+            for c in cells[1:]:
                 p2, e2 = screen_cell(model, c, special, "delete", goal)
                 eff = ev.evaluate(c, [perturb_cell(c, [c[p]], "delete") for p in p2])
-            pairs.append((e2, shifts(eff.perturbed, eff.original, goal)))
+                pairs.append((e2, shifts(eff.perturbed, eff.original, goal)))
         agree = [rank_agreement(e, x, top=20) for e, x in pairs]
         out["spearman"] = float(np.mean([a["spearman"] for a in agree]))
         out["top20_overlap"] = float(np.mean([a["top_overlap"] for a in agree]))
@@ -116,8 +116,6 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (both modes and the reference run there)")
     ap.add_argument("--v1-batch", type=int, default=8, help="exact-mode batch for the 2,048-token cells")
     args = ap.parse_args()
-    global DEVICE
-    DEVICE = args.device
     torch.set_num_threads(args.threads)
     vocab = GeneVocab.load(shared_data_dir() / "genes" / "geneformer_gc30M")
     rows = []
@@ -128,10 +126,10 @@ def main() -> None:
         shared_data_dir() / "scrna" / "pbmc3k_raw_labeled.h5ad")
     ids = [list(map(int, s)) for s in ds.select(range(40))["input_ids"] if len(s) == 256]
     tiny = new_model(model_config("tiny", vocab), seed=0).eval()
-    with ExactEvaluator(tiny, vocab.special_ids, batch_size=64, device=DEVICE) as ev:
+    with ExactEvaluator(tiny, vocab.special_ids, batch_size=64, device=args.device) as ev:
         goal = np.mean([ev.embed(c)[1].cpu().numpy() for c in ids[10:30]], axis=0)
     rows.append(bench("tiny / pbmc3k 256 tokens", tiny, vocab, ids[:4], goal, n_ref=255, n_exact=255, top_k=20,
-                      batch_size=64, full_exact=True))
+                      batch_size=64, full_exact=True, device=args.device))
     print(rows[-1], flush=True)
     # a pretrained encoder on real cells: random weights say little about how well a first-order
     # estimate ranks genes, so rank agreement is also measured on a trained model
@@ -139,15 +137,15 @@ def main() -> None:
         from netformer.model import load_model, load_vocab_for
 
         tvocab = load_vocab_for(args.model)
-        trained = load_model(args.model, kind="mlm", device=DEVICE).eval()
+        trained = load_model(args.model, kind="mlm", device=args.device).eval()
         tds = TranscriptomeTokenizer(tvocab, model_input_size=256).tokenize(
             shared_data_dir() / "scrna" / "pbmc3k_raw_labeled.h5ad")
         tids = [list(map(int, s)) for s in tds.select(range(60))["input_ids"] if len(s) == 256]
-        with ExactEvaluator(trained, tvocab.special_ids, batch_size=64, device=DEVICE) as ev:
+        with ExactEvaluator(trained, tvocab.special_ids, batch_size=64, device=args.device) as ev:
             tgoal = np.mean([ev.embed(c)[1].cpu().numpy() for c in tids[20:40]], axis=0)
         rows.append(bench(f"trained {trained.config.num_hidden_layers}-layer / pbmc3k 256 tokens", trained, tvocab,
                           tids[: args.agreement_cells], tgoal, n_ref=255, n_exact=255, top_k=20, batch_size=64,
-                          full_exact=True))
+                          full_exact=True, device=args.device))
         print(rows[-1], flush=True)
     else:
         print(f"no pretrained model at {args.model}: trained-model agreement case skipped", flush=True)
@@ -156,10 +154,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     genes = np.array(sorted(set(vocab.token_dict.values()) - set(vocab.special_ids)))
     cells = [rng.choice(genes, 2048, replace=False).tolist() for _ in range(3)]
-    with ExactEvaluator(v1, vocab.special_ids, batch_size=args.v1_batch, device=DEVICE) as ev:
+    with ExactEvaluator(v1, vocab.special_ids, batch_size=args.v1_batch, device=args.device) as ev:
         goal = np.mean([ev.embed(c)[1].cpu().numpy() for c in cells[1:]], axis=0)
     rows.append(bench("geneformer-v1-10m / 2,048 tokens", v1, vocab, cells[:1], goal, n_ref=args.n_ref, n_exact=16,
-                      top_k=20, batch_size=args.v1_batch, full_exact=False))
+                      top_k=20, batch_size=args.v1_batch, full_exact=False, device=args.device))
     print(rows[-1], flush=True)
     print()
     print(f"{'case':34s} {'ref/s':>8s} {'exact/s':>8s} {'x':>6s} {'screen/s':>9s} {'x':>7s} {'spearman':>8s} {'top20':>6s} {'max|err|':>9s}")
