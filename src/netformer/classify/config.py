@@ -47,9 +47,9 @@ class FinetuneConfig:
     attention_dropout
         Dropout on attention probabilities while fine-tuning (default 0.0). A deliberate change
         from upstream, which keeps the pretrained value (0.02 for Geneformer V1): with no attention
-        dropout PyTorch's fused scaled-dot-product kernels run on CPU, and a training step of a
-        6-layer model on ~850-token cells takes less than half the time (``benchmarks/finetune_pbmc.py
-        speed``). ``None`` keeps the model's own value, as upstream.
+        dropout PyTorch's fused scaled-dot-product kernels run on CPU, and a training step is much
+        faster (``benchmarks/finetune_pbmc.py speed`` times both). ``None`` keeps the model's own
+        value, as upstream.
     select_best
         When a validation set is given, keep the weights of the epoch with the best validation
         macro-F1 (otherwise the last epoch's).
