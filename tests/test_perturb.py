@@ -134,12 +134,17 @@ def test_gated_forward_matches_model_and_screen_agrees(tiny_pretrained, exact_ru
     rhos = []
     for cell, g in scr.results.groupby("cell_index"):
         e = ex[ex["cell_index"] == cell].set_index("perturbed").loc[g["perturbed"], "shift_goal"].to_numpy()
-        rhos.append(rank_agreement(g["shift_estimate"].to_numpy(), e)["spearman"])
+        agree = rank_agreement(g["shift_estimate"].to_numpy(), e, top=10, shortlists=(10, 30, len(e)))
+        rhos.append(agree["spearman"])
+        # screen mode's shortlist holds more of the exact top genes as it grows, all of them at K = n
+        assert agree["recall_k10"] == agree["top_overlap"] <= agree["recall_k30"] <= agree[f"recall_k{len(e)}"] == 1.0
         top = g[g["exact"]]
         np.testing.assert_allclose(top["shift_goal"], ex[ex["cell_index"] == cell].set_index("perturbed")
                                    .loc[top["perturbed"], "shift_goal"], atol=1e-6)
         assert g["exact"].sum() == 10
     assert np.mean(rhos) > 0.2
+    with pytest.raises(ValueError, match="same genes"):
+        rank_agreement(g["shift_estimate"].to_numpy(), e[:-1])
 
 
 # -- statistics ---------------------------------------------------------------------------------------

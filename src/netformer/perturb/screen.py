@@ -177,18 +177,45 @@ def screen_cell(
     return positions, est
 
 
-def rank_agreement(estimate: Sequence[float], exact: Sequence[float], top: int = 20) -> dict[str, float]:
+def rank_agreement(estimate: Sequence[float], exact: Sequence[float], top: int = 20,
+                   shortlists: Sequence[int] = ()) -> dict[str, float]:
     """Agreement of a screen with exact mode over the same genes of a cell.
 
-    Returns ``spearman`` (Spearman rank correlation over all genes) and ``top_overlap`` (fraction
-    of the exact top-``top`` genes, by largest value, that are also in the estimate's top-``top``).
+    Parameters
+    ----------
+    estimate, exact
+        (n_genes,) screen estimates and exact shifts of the same genes, larger = stronger.
+    top
+        Size of the exact top list (default 20, as the issue's figure).
+    shortlists
+        Shortlist sizes ``K``: screen mode re-evaluates the screen's top ``K`` genes exactly, so what
+        it returns contains ``recall_k{K}`` = the fraction of the exact top-``top`` genes among the
+        estimate's top ``K``. ``K = top`` gives ``top_overlap``.
+
+    Returns
+    -------
+    dict with ``spearman`` (Spearman rank correlation over all genes; NaN below 3 genes),
+    ``top_overlap`` (fraction of the exact top-``top`` genes also in the estimate's top-``top``),
+    ``n_genes``, and ``recall_k{K}`` for each shortlist size.
+
+    Raises
+    ------
+    ValueError
+        If the two arrays differ in length.
     """
     from scipy.stats import spearmanr
 
     a = np.asarray(estimate, dtype=np.float64)
     b = np.asarray(exact, dtype=np.float64)
-    k = min(top, len(a))
+    if a.shape != b.shape:
+        raise ValueError(f"estimate has {a.shape} values but exact has {b.shape}: pass the same genes, in the same order")
     rho = float(spearmanr(a, b).statistic) if len(a) > 2 else float("nan")
-    ta = set(np.argsort(-a, kind="stable")[:k])
-    tb = set(np.argsort(-b, kind="stable")[:k])
-    return {"spearman": rho, "top_overlap": len(ta & tb) / max(k, 1), "n_genes": len(a)}
+    by_estimate = np.argsort(-a, kind="stable")
+    best = np.argsort(-b, kind="stable")[:min(top, len(b))]
+
+    def recall(k: int) -> float:
+        return float(np.isin(best, by_estimate[:k]).mean()) if len(best) else float("nan")
+
+    out = {"spearman": rho, "top_overlap": recall(min(top, len(a))), "n_genes": len(a)}
+    out.update({f"recall_k{k}": recall(k) for k in shortlists})
+    return out
