@@ -34,6 +34,10 @@ def test_canonical_names():
     assert canonical_condition("SET+KLF1") == "KLF1+SET"
     assert canonical_condition("control") == "ctrl"
     assert canonical_condition("ctrl") == "ctrl"
+    assert canonical_condition("Non-Targeting") == "ctrl"
+    # CTRL is a human gene (chymotrypsin-like protease), not the control label
+    assert canonical_condition("CTRL+ctrl") == "CTRL"
+    assert canonical_condition("KLF1+CTRL") == "CTRL+KLF1"
     for bad in ("A549_KLF1+ctrl_1+1", "KLF1+", "A+A", "A B", "A+B+C"):
         with pytest.raises(InputDataError):
             canonical_condition(bad)

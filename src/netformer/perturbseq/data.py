@@ -39,7 +39,15 @@ CONTROL = "ctrl"
 CONTROL_ALIASES = frozenset(
     {"ctrl", "control", "non-targeting", "nontargeting", "non_targeting", "ntc", "safe-targeting"}
 )
-"""Condition tokens (case-insensitive) read as 'no gene perturbed'."""
+"""Condition tokens (case-insensitive) read as 'no gene perturbed'.
+
+The all-capitals ``'CTRL'`` is the exception: it is the human gene symbol of chymotrypsin-like
+protease (HGNC:2523) and is read as a gene, so a screen that perturbs it is not merged with the
+control cells."""
+
+
+def _is_control(token: str) -> bool:
+    return token.lower() in CONTROL_ALIASES and token != "CTRL"
 
 _GENE_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-]*$")
 
@@ -67,7 +75,7 @@ def condition_genes(condition: str) -> list[str]:
 def canonical_condition(name: str, *, max_genes: int = 2) -> str:
     """Canonical form of one condition name.
 
-    Control tokens (:data:`CONTROL_ALIASES`, case-insensitive) are dropped, the remaining gene
+    Control tokens (:data:`CONTROL_ALIASES`, case-insensitive, except the gene symbol ``'CTRL'``) are dropped, the remaining gene
     symbols are sorted and joined by ``'+'``; a name with no gene left is ``'ctrl'``. So
     ``'KLF1+ctrl'``, ``'ctrl+KLF1'`` and ``'KLF1'`` all give ``'KLF1'``, ``'SET+KLF1'`` gives
     ``'KLF1+SET'`` and ``'control'`` gives ``'ctrl'``.
@@ -82,7 +90,7 @@ def canonical_condition(name: str, *, max_genes: int = 2) -> str:
     tokens = [t.strip() for t in name.split("+")]
     genes = []
     for tok in tokens:
-        if tok.lower() in CONTROL_ALIASES:
+        if _is_control(tok):
             continue
         if not tok or not _GENE_TOKEN.match(tok):
             raise InputDataError(
@@ -111,15 +119,14 @@ def detect_condition_format(names: Sequence[str]) -> str:
     conventions are mixed.
     """
     names = [str(n) for n in names]
-    lowered = {n.strip().lower() for n in names}
-    if not lowered & CONTROL_ALIASES:
+    if not any(_is_control(n.strip()) for n in names):
         raise InputDataError(
             "no control condition found among the conditions (expected one of "
             f"{sorted(CONTROL_ALIASES)}); every perturbation needs control cells of the same cell "
             f"context. Conditions seen: {sorted(set(names))[:10]}"
         )
-    paired = [n for n in names if "+" in n and any(t.strip().lower() in CONTROL_ALIASES for t in n.split("+"))]
-    bare = [n for n in names if "+" not in n and n.strip().lower() not in CONTROL_ALIASES]
+    paired = [n for n in names if "+" in n and any(_is_control(t.strip()) for t in n.split("+"))]
+    bare = [n for n in names if "+" not in n and not _is_control(n.strip())]
     if paired and bare:
         raise InputDataError(
             "conditions mix the GEARS convention ('KLF1+ctrl') and the bare one ('KLF1'), e.g. "
@@ -604,7 +611,7 @@ def _check_duplicates(mapping: Mapping[str, str], on_duplicate: str) -> None:
         if len(raws) < 2:
             continue
         # 'X+ctrl' / 'ctrl+X' / 'X' differ only in guide position: always the same perturbation
-        gene_orders = {tuple(t for t in r.split("+") if t.strip().lower() not in CONTROL_ALIASES) for r in raws}
+        gene_orders = {tuple(t for t in r.split("+") if not _is_control(t.strip())) for r in raws}
         if len(gene_orders) == 1 or canon == CONTROL:
             continue
         if on_duplicate == "error":
