@@ -157,6 +157,7 @@ class PretrainResult:
 
 
 def _training_args(cfg: PretrainConfig, out: Path, n_cells: int):
+    import torch
     from transformers import TrainingArguments
 
     kw = dict(
@@ -178,6 +179,8 @@ def _training_args(cfg: PretrainConfig, out: Path, n_cells: int):
         remove_unused_columns=False,
         dataloader_num_workers=0,
         use_cpu=cfg.device == "cpu",
+        # pinned host memory only helps copies to a GPU (and warns without one)
+        dataloader_pin_memory=cfg.device != "cpu" and torch.cuda.is_available(),
     )
     params = inspect.signature(TrainingArguments).parameters
     if "train_sampling_strategy" in params:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -17,7 +17,7 @@ from .config import FinetuneConfig
 from .data import CellData, get_labels
 from .evaluate import Evaluation, _assemble, evaluate_cells, evaluate_genes
 from .models import CellClassifier, GeneClassifier, resolve_gene_labels
-from .splits import check_labels, kfold_indices
+from .splits import kfold_indices
 
 log = logging.getLogger(__name__)
 

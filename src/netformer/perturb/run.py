@@ -34,7 +34,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from .._io import atomic_file, check_output

@@ -245,7 +245,10 @@ def plot_top_genes(results: pd.DataFrame, table: pd.DataFrame, path: str | Path,
     top = table.head(n)
     data = [vals[results["perturbed"].astype(str) == g].dropna().to_numpy() for g in top["ensembl_id"]]
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(top) + 1.5))
-    ax.boxplot(data[::-1], vert=False, showfliers=False)
+    # horizontal boxes: ``orientation`` since Matplotlib 3.10, ``vert`` (deprecated in 3.11) before it
+    mpl_version = tuple(int(x) for x in matplotlib.__version__.split(".")[:2])
+    horizontal = {"orientation": "horizontal"} if mpl_version >= (3, 10) else {"vert": False}
+    ax.boxplot(data[::-1], showfliers=False, **horizontal)
     ax.set_yticks(np.arange(1, len(top) + 1), list(top["symbol"])[::-1], fontsize=8)
     ax.axvline(0, color="k", lw=0.5)
     ax.set_xlabel("shift per cell")

@@ -31,7 +31,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from ..errors import ConfigError, InputDataError
 from .data import CONTROL, PerturbData, canonical_condition, condition_genes
