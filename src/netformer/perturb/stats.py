@@ -206,6 +206,12 @@ def _mixture_flag(table: pd.DataFrame, cfg: StatsConfig) -> np.ndarray:
     return flag
 
 
+def _wrap(title: str, width: int = 70) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(title, width)) or title
+
+
 def plot_ranked_shifts(table: pd.DataFrame, path: str | Path, n_label: int = 10, title: str | None = None) -> None:
     """Mean shift of every gene against its rank (PNG), impactful genes coloured, top genes named."""
     import matplotlib
@@ -225,7 +231,7 @@ def plot_ranked_shifts(table: pd.DataFrame, path: str | Path, n_label: int = 10,
     ax.set_xscale("log")
     ax.set_xlabel("gene rank")
     ax.set_ylabel(f"mean {table['value'].iloc[0] if 'value' in table else 'shift'} over cells")
-    ax.set_title(title or "in silico perturbation: ranked genes")
+    ax.set_title(_wrap(title or "in silico perturbation: ranked genes"), fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     with atomic_file(path) as tmp:
@@ -235,7 +241,11 @@ def plot_ranked_shifts(table: pd.DataFrame, path: str | Path, n_label: int = 10,
 
 def plot_top_genes(results: pd.DataFrame, table: pd.DataFrame, path: str | Path, n: int = 20,
                    title: str | None = None) -> None:
-    """Per-cell shift distributions (box plots) of the top ``n`` genes of ``table`` (PNG)."""
+    """Per-cell shift distributions (box plots) of the top ``n`` genes of ``table`` (PNG).
+
+    Each gene is labelled with the number of cells it was perturbed in, and ``*`` when it is
+    significant (``table['significant']``, FDR vs the pooled shifts below ``StatsConfig.alpha``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,10 +259,12 @@ def plot_top_genes(results: pd.DataFrame, table: pd.DataFrame, path: str | Path,
     mpl_version = tuple(int(x) for x in matplotlib.__version__.split(".")[:2])
     horizontal = {"orientation": "horizontal"} if mpl_version >= (3, 10) else {"vert": False}
     ax.boxplot(data[::-1], showfliers=False, **horizontal)
-    ax.set_yticks(np.arange(1, len(top) + 1), list(top["symbol"])[::-1], fontsize=8)
+    star = top["significant"].to_numpy(bool) if "significant" in top else np.zeros(len(top), bool)
+    labels = [f"{sym} (n={n}){' *' if st else ''}" for sym, n, st in zip(top["symbol"], top["n_cells"], star)]
+    ax.set_yticks(np.arange(1, len(top) + 1), labels[::-1], fontsize=8)
     ax.axvline(0, color="k", lw=0.5)
-    ax.set_xlabel("shift per cell")
-    ax.set_title(title or f"top {len(top)} genes")
+    ax.set_xlabel("shift per cell   (n: cells perturbed; *: FDR vs pooled shifts < alpha)")
+    ax.set_title(_wrap(title or f"top {len(top)} genes"), fontsize=10)
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
