@@ -11,7 +11,10 @@ by the two-sided Wilcoxon rank-sum / Mann-Whitney U test (:func:`scipy.stats.man
 asymptotic; the reference sample is subsampled to at most ``max_reference`` values with ``seed``),
 with Benjamini-Hochberg FDR (:func:`statsmodels.stats.multitest.multipletests`). A two-component
 Gaussian mixture (:class:`sklearn.mixture.GaussianMixture`) on the genes' mean shifts flags the
-component with the larger mean as ``impactful`` (upstream's ``mixture_model`` mode).
+component with the larger mean as ``impactful`` (upstream's ``mixture_model`` mode), with
+upstream's borders: genes above that component's mean are impactful and genes below the other
+component's mean are not, whatever the mixture predicts (a broad component would otherwise also
+claim the far low tail); genes in between take the predicted component.
 
 Screen-mode results use the exact shift where a gene was evaluated exactly and the first-order
 estimate elsewhere (``frac_exact`` says how often each gene was exact).
@@ -201,8 +204,11 @@ def _mixture_flag(table: pd.DataFrame, cfg: StatsConfig) -> np.ndarray:
         return flag
     x = (x - x.mean()) / x.std()  # shifts are ~1e-4: standardise so reg_covar (1e-6) does not swamp them
     gm = GaussianMixture(2, random_state=cfg.seed).fit(x)
-    high = int(np.argmax(gm.means_.ravel()))
-    flag[ok] = gm.predict(x) == high
+    means = gm.means_.ravel()
+    high = int(np.argmax(means))
+    # borders as upstream's get_impact_component: beyond a component's mean, that component
+    v = x.ravel()
+    flag[ok] = (v > means.max()) | ((v > means.min()) & (gm.predict(x) == high))
     return flag
 
 
@@ -213,26 +219,37 @@ def _wrap(title: str, width: int = 70) -> str:
 
 
 def plot_ranked_shifts(table: pd.DataFrame, path: str | Path, n_label: int = 10, title: str | None = None) -> None:
-    """Mean shift of every gene against its rank (PNG), impactful genes coloured, top genes named."""
+    """Mean shift of every tested gene against its rank (PNG, log rank axis).
+
+    Genes flagged ``impactful`` are coloured; the top ``n_label`` genes are listed in a box. Genes
+    perturbed in too few cells to be tested (NaN ``p_vs_pooled``) are left out and counted in the
+    legend; their means rest on a handful of cells.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    y = table["mean_shift"].to_numpy()
+    tested = table[table["p_vs_pooled"].notna()] if "p_vs_pooled" in table else table
+    y = tested["mean_shift"].to_numpy()
     x = np.arange(1, len(y) + 1)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    imp = table["impactful"].to_numpy(bool)
-    ax.scatter(x[~imp], y[~imp], s=4, color="0.6", label="other genes")
+    imp = tested["impactful"].to_numpy(bool)
+    untested = len(table) - len(tested)
+    ax.scatter(x[~imp], y[~imp], s=4, color="0.6",
+               label="other genes" + (f" ({untested} genes in too few cells not shown)" if untested else ""))
     ax.scatter(x[imp], y[imp], s=6, color="C3", label="impactful (2-component mixture)")
-    for i in range(min(n_label, len(y))):
-        ax.annotate(str(table["symbol"].iloc[i]), (x[i], y[i]), fontsize=7, xytext=(4, -2), textcoords="offset points")
+    top = tested.head(n_label)
+    if len(top):
+        ax.text(0.98, 0.97, "\n".join(f"{i + 1}. {sym}" for i, sym in enumerate(top["symbol"])),
+                transform=ax.transAxes, ha="right", va="top", fontsize=7, family="monospace",
+                bbox=dict(facecolor="white", edgecolor="0.8"))
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xscale("log")
     ax.set_xlabel("gene rank")
     ax.set_ylabel(f"mean {table['value'].iloc[0] if 'value' in table else 'shift'} over cells")
     ax.set_title(_wrap(title or "in silico perturbation: ranked genes"), fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=8, frameon=False, loc="lower left")
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
