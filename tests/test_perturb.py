@@ -161,6 +161,10 @@ def test_stats_on_real_shifts(exact_run, tmp_path):
     assert (tested["fdr_vs_pooled"] >= tested["p_vs_pooled"] - 1e-12).all()
     assert tested["p_vs_null"].notna().all()
     assert table["impactful"].any() and not table["impactful"].all()
+    # the mixture flag is a threshold on the mean shift (upstream's component-mean borders)
+    imp = tested["impactful"].to_numpy(bool)
+    assert tested["mean_shift"][imp].min() > tested["mean_shift"][~imp].max()
+    assert not table.loc[table["p_vs_pooled"].isna(), "impactful"].any()
     isg = table.loc[table["ensembl_id"] == "ENSG00000187608", "symbol"]
     assert isg.empty or isg.iloc[0] == "ISG15"
     paths = write_stats(table, tmp_path, res)
