@@ -28,7 +28,7 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -352,126 +352,170 @@ def perturb(
     cfg = config or PerturbConfig()
     base, vocab = _load(model, vocab, cfg.device)
     _check_dataset(dataset, vocab)
-    max_len = min(cfg.max_length or base.config.max_position_embeddings, base.config.max_position_embeddings)
-    cfg.max_length = max_len
+    # the caller's config is left as given; this run's copy carries the effective input length
+    cfg = replace(cfg, max_length=min(cfg.max_length or base.config.max_position_embeddings,
+                                      base.config.max_position_embeddings))
     genes_tok = "all" if cfg.genes == "all" else resolve_genes(cfg.genes, vocab, cfg.species)
     anchor_tok = resolve_genes([cfg.anchor], vocab, cfg.species)[0] if cfg.anchor else None
     cells = select_cells(dataset, cfg.cell_filter, states, cfg.max_cells, cfg.seed)
-    special = set(vocab.special_ids)
-    if genes_tok != "all" or anchor_tok is not None:
-        wanted = list(genes_tok) if genes_tok != "all" else [anchor_tok]
-        sel_ids = dataset.select(cells.tolist())["input_ids"]
-        counts = {t: sum(t in set(s[:max_len]) for s in sel_ids) for t in wanted}
-        absent = [vocab.token_to_gene(t) for t, c in counts.items() if c == 0]
-        if len(absent) == len(wanted) and cfg.perturbation != "overexpress":
-            raise GeneIdError(f"gene(s) {absent} are not expressed in any of the {len(cells)} selected cells; "
-                              "nothing to perturb (choose other genes or cells, or overexpress)")
-        if absent:
-            log.warning("genes not expressed in any selected cell: %s", absent)
+    _check_expressed(dataset, cells, genes_tok, anchor_tok, cfg, vocab)
 
     out = Path(out_dir) if out_dir is not None else None
-    fp = _fingerprint(cfg, cells, base, states, len(dataset))
     chunks = [cells[i: i + cfg.chunk_cells] for i in range(0, len(cells), cfg.chunk_cells)]
-    manifest = {"fingerprint": fp, "n_chunks": len(chunks), "done": {}, "config": asdict(cfg)}
-    if out is not None:
-        if (out / "results.parquet").exists():
-            check_output(out, overwrite)
-            shutil.rmtree(out)
-        elif (out / MANIFEST).exists():
-            old = json.loads((out / MANIFEST).read_text())
-            if old["fingerprint"] == fp:
-                manifest = old
-                log.info("resuming: %d of %d chunks already done", len(old["done"]), len(chunks))
-            elif overwrite:
-                shutil.rmtree(out)
-            else:
-                raise ConfigError(f"{out} holds an unfinished run with different settings, model or cells; "
-                                  "choose another out_dir or pass overwrite=True")
-        (out / "shards").mkdir(parents=True, exist_ok=True)
-
+    manifest = _open_run(out, _fingerprint(cfg, cells, base, states, len(dataset)), len(chunks), cfg, overwrite)
     device = get_device(cfg.device)
+    state_pos = _state_positions(base, dataset, states, vocab, cfg, device, out) if states is not None else {}
+    goal_vecs = _goal_vectors(states, state_pos)
+
     results, genes_parts, new_chunks = [], [], 0
     skipped_total: dict[str, int] = {}
-    goal_vecs: dict[str, np.ndarray] = {}
-    state_pos: dict[str, np.ndarray] = {}
-    if states is not None:
-        spath = out / "states.parquet" if out is not None else None
-        if spath is not None and spath.exists():
-            sdf = pd.read_parquet(spath)
-            state_pos = {s: sdf[s].to_numpy(np.float32) for s in sdf.columns}
-        else:
-            state_pos = state_embeddings(base, dataset, states, vocab.special_ids, cfg.max_state_cells, cfg.seed,
-                                         cfg.layer, cfg.pooling, max_len, device, cfg.batch_size)
-            if spath is not None:
-                with atomic_file(spath) as tmp:
-                    pd.DataFrame(state_pos).to_parquet(tmp)
-        goal_vecs["shift_goal"] = state_pos[states.goal]
-        goal_vecs["__goal__"] = state_pos[states.goal]
-        for a in states.alternatives:
-            goal_vecs[f"shift_{a}"] = state_pos[a]
     with ExactEvaluator(base, vocab.special_ids, cfg.layer, cfg.pooling, cfg.batch_size, device) as ev:
-        has_cell_id = "cell_id" in dataset.column_names
         for ci, chunk in enumerate(tqdm(chunks, desc="perturbing", unit="chunk", disable=None)):
-            key = str(ci)
-            if key in manifest["done"]:
-                skipped_total = _add(skipped_total, manifest["done"][key]["skipped"])
+            if str(ci) in manifest["done"]:
+                skipped_total = _add(skipped_total, manifest["done"][str(ci)]["skipped"])
                 continue
             if cfg.max_chunks is not None and new_chunks >= cfg.max_chunks:
                 break
-            rows, gparts, skipped = [], [], {}
-            sub = dataset.select(chunk.tolist())
-            for cell_index, rec in zip(chunk, sub):
-                ids = [int(t) for t in rec["input_ids"][:max_len]]
-                lay = CellLayout.of(ids, vocab.cls_id, vocab.eos_id)
-                n_genes = sum(t not in special for t in ids[lay.start: lay.stop])
-                if n_genes < 2:
-                    skipped["fewer_than_2_genes"] = skipped.get("fewer_than_2_genes", 0) + 1
-                    continue
-                sets, reason = _perturbation_sets(ids, genes_tok, anchor_tok, cfg, lay, special)
-                if reason:
-                    skipped[reason] = skipped.get(reason, 0) + 1
-                    continue
-                df, gdf = _process_cell(ev, ids, sets, cfg, vocab, goal_vecs, lay, int(cell_index),
-                                        str(rec["cell_id"]) if has_cell_id else str(int(cell_index)))
-                rows.append(df)
-                if gdf is not None:
-                    gparts.append(gdf)
-            chunk_df = pd.concat(rows, ignore_index=True) if rows else None
-            chunk_g = pd.concat(gparts, ignore_index=True) if gparts else None
+            chunk_df, chunk_g, skipped = _perturb_chunk(ev, dataset, chunk, genes_tok, anchor_tok, cfg, vocab,
+                                                        goal_vecs)
             if out is not None:
-                if chunk_df is not None:
-                    with atomic_file(out / "shards" / f"results_{ci:05d}.parquet") as tmp:
-                        chunk_df.to_parquet(tmp, index=False)
-                if chunk_g is not None:
-                    with atomic_file(out / "shards" / f"genes_{ci:05d}.parquet") as tmp:
-                        chunk_g.to_parquet(tmp, index=False)
-                manifest["done"][key] = {"skipped": skipped, "rows": 0 if chunk_df is None else len(chunk_df)}
-                _write_json(out / MANIFEST, manifest)
+                _write_chunk(out, manifest, ci, chunk_df, chunk_g, skipped)
             else:
                 results.append(chunk_df)
                 genes_parts.append(chunk_g)
             skipped_total = _add(skipped_total, skipped)
             new_chunks += 1
     complete = len(manifest["done"]) == len(chunks) if out is not None else new_chunks == len(chunks)
-    if out is not None:
-        results = [pd.read_parquet(p) for p in sorted((out / "shards").glob("results_*.parquet"))]
-        genes_parts = [pd.read_parquet(p) for p in sorted((out / "shards").glob("genes_*.parquet"))]
-    results = [r for r in results if r is not None]
-    genes_parts = [g for g in genes_parts if g is not None]
-    res_df = pd.concat(results, ignore_index=True) if results else pd.DataFrame()
-    gen_df = pd.concat(genes_parts, ignore_index=True) if genes_parts else None
+    if out is not None:  # every finished chunk, this session's and earlier ones
+        results = [pd.read_parquet(f) for f in sorted((out / "shards").glob("results_*.parquet"))]
+        genes_parts = [pd.read_parquet(f) for f in sorted((out / "shards").glob("genes_*.parquet"))]
+    res_df = _concat(results)
+    gen_df = _concat(genes_parts)
     if skipped_total:
         log.info("skipped cells: %s", skipped_total)
-    if complete and res_df.empty:
+    if complete and (res_df is None or res_df.empty):
         raise InputDataError(f"no perturbation was evaluated: every selected cell was skipped ({skipped_total})")
+    res_df = res_df if res_df is not None else pd.DataFrame()
     if out is not None and complete:
-        with atomic_file(out / "results.parquet") as tmp:
-            res_df.to_parquet(tmp, index=False)
-        if gen_df is not None:
-            with atomic_file(out / "gene_effects.parquet") as tmp:
-                gen_df.to_parquet(tmp, index=False)
-        _write_json(out / "skipped.json", skipped_total)
+        _write_final(out, res_df, gen_df, skipped_total)
     return PerturbResult(res_df, gen_df, skipped_total, complete, state_pos, out)
+
+
+def _check_expressed(dataset, cells: np.ndarray, genes_tok, anchor_tok, cfg: PerturbConfig, vocab: GeneVocab) -> None:
+    """Raise if no requested gene (or the anchor) is in any selected cell; log the absent ones."""
+    if genes_tok == "all" and anchor_tok is None:
+        return
+    wanted = list(genes_tok) if genes_tok != "all" else [anchor_tok]
+    sel_ids = dataset.select(cells.tolist())["input_ids"]
+    counts = {t: sum(t in set(s[: cfg.max_length]) for s in sel_ids) for t in wanted}
+    absent = [vocab.token_to_gene(t) for t, c in counts.items() if c == 0]
+    if len(absent) == len(wanted) and cfg.perturbation != "overexpress":
+        raise GeneIdError(f"gene(s) {absent} are not expressed in any of the {len(cells)} selected cells; "
+                          "nothing to perturb (choose other genes or cells, or overexpress)")
+    if absent:
+        log.warning("genes not expressed in any selected cell: %s", absent)
+
+
+def _open_run(out: Path | None, fingerprint: str, n_chunks: int, cfg: PerturbConfig, overwrite: bool) -> dict:
+    """The run's manifest: a fresh one, or the one of an unfinished run with the same fingerprint.
+
+    A finished run in ``out`` is replaced only with ``overwrite`` (else :class:`OutputExistsError`);
+    an unfinished run with other settings raises :class:`ConfigError` unless ``overwrite``.
+    """
+    manifest = {"fingerprint": fingerprint, "n_chunks": n_chunks, "done": {}, "config": asdict(cfg)}
+    if out is None:
+        return manifest
+    if (out / "results.parquet").exists():
+        check_output(out, overwrite)
+        shutil.rmtree(out)
+    elif (out / MANIFEST).exists():
+        old = json.loads((out / MANIFEST).read_text())
+        if old["fingerprint"] == fingerprint:
+            manifest = old
+            log.info("resuming: %d of %d chunks already done", len(old["done"]), n_chunks)
+        elif overwrite:
+            shutil.rmtree(out)
+        else:
+            raise ConfigError(f"{out} holds an unfinished run with different settings, model or cells; "
+                              "choose another out_dir or pass overwrite=True")
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    return manifest
+
+
+def _state_positions(base, dataset, states: CellStates, vocab: GeneVocab, cfg: PerturbConfig, device,
+                     out: Path | None) -> dict[str, np.ndarray]:
+    """Each state's mean cell embedding, read back from ``states.parquet`` when resuming."""
+    spath = out / "states.parquet" if out is not None else None
+    if spath is not None and spath.exists():
+        sdf = pd.read_parquet(spath)
+        return {s: sdf[s].to_numpy(np.float32) for s in sdf.columns}
+    state_pos = state_embeddings(base, dataset, states, vocab.special_ids, cfg.max_state_cells, cfg.seed,
+                                 cfg.layer, cfg.pooling, cfg.max_length, device, cfg.batch_size)
+    if spath is not None:
+        with atomic_file(spath) as tmp:
+            pd.DataFrame(state_pos).to_parquet(tmp)
+    return state_pos
+
+
+def _goal_vectors(states: CellStates | None, state_pos: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Output column -> state position: ``shift_goal`` and ``shift_<alternative>`` (``__goal__`` for screens)."""
+    if states is None:
+        return {}
+    goal_vecs = {"shift_goal": state_pos[states.goal], "__goal__": state_pos[states.goal]}
+    for a in states.alternatives:
+        goal_vecs[f"shift_{a}"] = state_pos[a]
+    return goal_vecs
+
+
+def _perturb_chunk(ev: ExactEvaluator, dataset, chunk: np.ndarray, genes_tok, anchor_tok, cfg: PerturbConfig,
+                   vocab: GeneVocab, goal_vecs) -> tuple[pd.DataFrame | None, pd.DataFrame | None, dict[str, int]]:
+    """Perturb the cells of one chunk: (results rows, gene-effect rows, skipped cells by reason)."""
+    special = set(vocab.special_ids)
+    has_cell_id = "cell_id" in dataset.column_names
+    rows, gparts, skipped = [], [], {}
+    for cell_index, rec in zip(chunk, dataset.select(chunk.tolist())):
+        ids = [int(t) for t in rec["input_ids"][: cfg.max_length]]
+        lay = CellLayout.of(ids, vocab.cls_id, vocab.eos_id)
+        n_genes = sum(t not in special for t in ids[lay.start: lay.stop])
+        if n_genes < 2:
+            skipped["fewer_than_2_genes"] = skipped.get("fewer_than_2_genes", 0) + 1
+            continue
+        sets, reason = _perturbation_sets(ids, genes_tok, anchor_tok, cfg, lay, special)
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        df, gdf = _process_cell(ev, ids, sets, cfg, vocab, goal_vecs, lay, int(cell_index),
+                                str(rec["cell_id"]) if has_cell_id else str(int(cell_index)))
+        rows.append(df)
+        if gdf is not None:
+            gparts.append(gdf)
+    return _concat(rows), _concat(gparts), skipped
+
+
+def _write_chunk(out: Path, manifest: dict, ci: int, chunk_df, chunk_g, skipped: dict[str, int]) -> None:
+    """Write a finished chunk's shards, then record it in the manifest (so a crash loses at most it)."""
+    if chunk_df is not None:
+        with atomic_file(out / "shards" / f"results_{ci:05d}.parquet") as tmp:
+            chunk_df.to_parquet(tmp, index=False)
+    if chunk_g is not None:
+        with atomic_file(out / "shards" / f"genes_{ci:05d}.parquet") as tmp:
+            chunk_g.to_parquet(tmp, index=False)
+    manifest["done"][str(ci)] = {"skipped": skipped, "rows": 0 if chunk_df is None else len(chunk_df)}
+    _write_json(out / MANIFEST, manifest)
+
+
+def _write_final(out: Path, res_df: pd.DataFrame, gen_df: pd.DataFrame | None, skipped: dict[str, int]) -> None:
+    with atomic_file(out / "results.parquet") as tmp:
+        res_df.to_parquet(tmp, index=False)
+    if gen_df is not None:
+        with atomic_file(out / "gene_effects.parquet") as tmp:
+            gen_df.to_parquet(tmp, index=False)
+    _write_json(out / "skipped.json", skipped)
+
+
+def _concat(parts: list) -> pd.DataFrame | None:
+    parts = [x for x in parts if x is not None]
+    return pd.concat(parts, ignore_index=True) if parts else None
 
 
 def _add(a: dict, b: dict) -> dict:
