@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from netformer.datasets import shared_data_dir
 from netformer.genes import GeneVocab
 from netformer.model import model_config, new_model
 from netformer.perturb import ExactEvaluator, perturb_cell, rank_agreement, reference_embeddings, screen_cell
@@ -145,6 +144,97 @@ def matmul_gflop_per_s(device: str, n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
+CASES = ("tiny", "trained", "v1")
+
+
+def _shared() -> Path:
+    from netformer.datasets import shared_data_dir  # imports anndata: only where the shared data is read
+
+    return shared_data_dir()
+
+
+class Inputs:
+    """Where the benchmark's inputs come from: ``../shared/data`` (tokenizing pbmc3k here), or a
+    folder written by ``--export-inputs`` that needs neither the shared data nor anndata/datasets
+    (for a GPU machine that has only PyTorch and transformers; see docs/benchmarks.md)."""
+
+    def __init__(self, folder: str | None, trained_model: str):
+        self.folder = Path(folder) if folder else None
+        self.trained_model = Path(self.folder / "trained_model") if self.folder else Path(trained_model)
+
+    def vocab(self) -> GeneVocab:
+        if self.folder:
+            return GeneVocab.load(self.folder / "geneformer_gc30M")
+        return GeneVocab.load(_shared() / "genes" / "geneformer_gc30M")
+
+    def pbmc_cells(self, vocab: GeneVocab, name: str, n: int) -> list[list[int]]:
+        """The first ``n`` pbmc3k cells, tokenized at 256 tokens, that fill all 256."""
+        if self.folder:
+            return np.load(self.folder / f"pbmc3k_256_{name}.npy").tolist()
+        from netformer.tokenize import TranscriptomeTokenizer
+
+        ds = TranscriptomeTokenizer(vocab, model_input_size=256).tokenize(
+            _shared() / "scrna" / "pbmc3k_raw_labeled.h5ad")
+        return [list(map(int, c)) for c in ds.select(range(n))["input_ids"] if len(c) == 256]
+
+    def export(self, folder: str) -> None:
+        import shutil
+
+        out = Path(folder)
+        vocab = self.vocab()
+        vocab_dir = out / "geneformer_gc30M"
+        vocab_dir.mkdir(parents=True, exist_ok=True)
+        for f in (_shared() / "genes" / "geneformer_gc30M").iterdir():
+            shutil.copyfile(f, vocab_dir / f.name)
+        np.save(out / "pbmc3k_256_gc30M.npy", np.asarray(self.pbmc_cells(vocab, "gc30M", 40), dtype=np.int64))
+        if (self.trained_model / "config.json").exists():
+            shutil.copytree(self.trained_model, out / "trained_model", dirs_exist_ok=True)
+            tvocab = GeneVocab.load(self.trained_model)
+            np.save(out / "pbmc3k_256_trained.npy",
+                    np.asarray(self.pbmc_cells(tvocab, "trained", 60), dtype=np.int64))
+        print(f"wrote {out}: run `python benchmarks/perturb_speed.py --inputs {out} ...` where it is")
+
+
+def case_tiny(inputs: Inputs, vocab: GeneVocab, args) -> dict:
+    """tiny preset (random weights), real pbmc3k cells (gc30M dictionary, 256 tokens)."""
+    ids = inputs.pbmc_cells(vocab, "gc30M", 40)
+    tiny = new_model(model_config("tiny", vocab), seed=0).eval()
+    with ExactEvaluator(tiny, vocab.special_ids, batch_size=64, device=args.device) as ev:
+        goal = np.mean([ev.embed(c)[1].cpu().numpy() for c in ids[10:30]], axis=0)
+    return bench("tiny / pbmc3k 256 tokens", tiny, vocab, ids[:4], goal, n_ref=255, n_exact=255, top_k=20,
+                 batch_size=64, full_exact=True, device=args.device)
+
+
+def case_trained(inputs: Inputs, args) -> dict | None:
+    """A pretrained encoder on real cells: random weights say little about how well a first-order
+    estimate ranks genes, so rank agreement is also measured on a trained model."""
+    if not (inputs.trained_model / "config.json").exists():
+        print(f"no pretrained model at {inputs.trained_model}: trained-model agreement case skipped", flush=True)
+        return None
+    from netformer.model import load_model, load_vocab_for
+
+    tvocab = load_vocab_for(inputs.trained_model)
+    trained = load_model(inputs.trained_model, kind="mlm", device=args.device).eval()
+    tids = inputs.pbmc_cells(tvocab, "trained", 60)
+    with ExactEvaluator(trained, tvocab.special_ids, batch_size=64, device=args.device) as ev:
+        tgoal = np.mean([ev.embed(c)[1].cpu().numpy() for c in tids[20:40]], axis=0)
+    return bench(f"trained {trained.config.num_hidden_layers}-layer / pbmc3k 256 tokens", trained, tvocab,
+                 tids[: args.agreement_cells], tgoal, n_ref=255, n_exact=255, top_k=20, batch_size=64,
+                 full_exact=True, device=args.device)
+
+
+def case_v1(vocab: GeneVocab, args) -> dict:
+    """geneformer-v1-10m (random weights), synthetic 2,048-token cells."""
+    v1 = new_model(model_config("geneformer-v1-10m", vocab), seed=0).eval()
+    rng = np.random.default_rng(0)
+    genes = np.array(sorted(set(vocab.token_dict.values()) - set(vocab.special_ids)))
+    cells = [rng.choice(genes, 2048, replace=False).tolist() for _ in range(3)]
+    with ExactEvaluator(v1, vocab.special_ids, batch_size=args.v1_batch, device=args.device) as ev:
+        goal = np.mean([ev.embed(c)[1].cpu().numpy() for c in cells[1:]], axis=0)
+    return bench("geneformer-v1-10m / 2,048 tokens", v1, vocab, cells[:1], goal, n_ref=args.n_ref, n_exact=16,
+                 top_k=20, batch_size=args.v1_batch, full_exact=False, device=args.device)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -156,50 +246,28 @@ def main() -> None:
     ap.add_argument("--agreement-cells", type=int, default=4)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (both modes and the reference run there)")
     ap.add_argument("--v1-batch", type=int, default=8, help="exact-mode batch for the 2,048-token cells")
+    ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
+    ap.add_argument("--inputs", help="read inputs from a folder written by --export-inputs instead of ../shared/data")
+    ap.add_argument("--export-inputs", metavar="FOLDER",
+                    help="write the inputs (dictionary, tokenized cells, the trained model) to FOLDER and stop")
     args = ap.parse_args()
+    inputs = Inputs(args.inputs, args.model)
+    if args.export_inputs:
+        inputs.export(args.export_inputs)
+        return
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        ap.error(f"unknown case(s) {unknown}; choose from {', '.join(CASES)}")
     torch.set_num_threads(args.threads)
-    vocab = GeneVocab.load(shared_data_dir() / "genes" / "geneformer_gc30M")
+    vocab = inputs.vocab()
     rows = []
-    # tiny preset, real pbmc3k cells (gc30M dictionary, 256 tokens)
-    from netformer.tokenize import TranscriptomeTokenizer
-
-    ds = TranscriptomeTokenizer(vocab, model_input_size=256).tokenize(
-        shared_data_dir() / "scrna" / "pbmc3k_raw_labeled.h5ad")
-    ids = [list(map(int, s)) for s in ds.select(range(40))["input_ids"] if len(s) == 256]
-    tiny = new_model(model_config("tiny", vocab), seed=0).eval()
-    with ExactEvaluator(tiny, vocab.special_ids, batch_size=64, device=args.device) as ev:
-        goal = np.mean([ev.embed(c)[1].cpu().numpy() for c in ids[10:30]], axis=0)
-    rows.append(bench("tiny / pbmc3k 256 tokens", tiny, vocab, ids[:4], goal, n_ref=255, n_exact=255, top_k=20,
-                      batch_size=64, full_exact=True, device=args.device))
-    print(rows[-1], flush=True)
-    # a pretrained encoder on real cells: random weights say little about how well a first-order
-    # estimate ranks genes, so rank agreement is also measured on a trained model
-    if Path(args.model, "config.json").exists():
-        from netformer.model import load_model, load_vocab_for
-
-        tvocab = load_vocab_for(args.model)
-        trained = load_model(args.model, kind="mlm", device=args.device).eval()
-        tds = TranscriptomeTokenizer(tvocab, model_input_size=256).tokenize(
-            shared_data_dir() / "scrna" / "pbmc3k_raw_labeled.h5ad")
-        tids = [list(map(int, s)) for s in tds.select(range(60))["input_ids"] if len(s) == 256]
-        with ExactEvaluator(trained, tvocab.special_ids, batch_size=64, device=args.device) as ev:
-            tgoal = np.mean([ev.embed(c)[1].cpu().numpy() for c in tids[20:40]], axis=0)
-        rows.append(bench(f"trained {trained.config.num_hidden_layers}-layer / pbmc3k 256 tokens", trained, tvocab,
-                          tids[: args.agreement_cells], tgoal, n_ref=255, n_exact=255, top_k=20, batch_size=64,
-                          full_exact=True, device=args.device))
-        print(rows[-1], flush=True)
-    else:
-        print(f"no pretrained model at {args.model}: trained-model agreement case skipped", flush=True)
-    # geneformer-v1-10m, synthetic 2,048-token cells
-    v1 = new_model(model_config("geneformer-v1-10m", vocab), seed=0).eval()
-    rng = np.random.default_rng(0)
-    genes = np.array(sorted(set(vocab.token_dict.values()) - set(vocab.special_ids)))
-    cells = [rng.choice(genes, 2048, replace=False).tolist() for _ in range(3)]
-    with ExactEvaluator(v1, vocab.special_ids, batch_size=args.v1_batch, device=args.device) as ev:
-        goal = np.mean([ev.embed(c)[1].cpu().numpy() for c in cells[1:]], axis=0)
-    rows.append(bench("geneformer-v1-10m / 2,048 tokens", v1, vocab, cells[:1], goal, n_ref=args.n_ref, n_exact=16,
-                      top_k=20, batch_size=args.v1_batch, full_exact=False, device=args.device))
-    print(rows[-1], flush=True)
+    for case in cases:
+        row = case_tiny(inputs, vocab, args) if case == "tiny" else (
+            case_trained(inputs, args) if case == "trained" else case_v1(vocab, args))
+        if row is not None:
+            rows.append(row)
+            print(row, flush=True)
     print()
     print(f"{'case':36s} {'ref/s':>8s} {'exact/s':>8s} {'x':>6s} {'screen/s':>9s} {'x':>7s} {'spearman':>8s} {'top20':>6s} {'max|err|':>9s}")
     for r in rows:
