@@ -22,7 +22,9 @@ each path sustains, and the rate of a plain float32 matrix multiply on the same 
 run; together they bound the speed-up any float32 pass doing exact mode's work can reach there.
 
 Run: ``python benchmarks/perturb_speed.py`` (about 5 minutes on 2 CPU cores); on a GPU:
-``python benchmarks/perturb_speed.py --device cuda --v1-batch 32 --n-ref 32``.
+``python benchmarks/perturb_speed.py --device cuda --v1-batch 32 --n-ref 32``; on a GPU machine
+with only PyTorch and transformers: ``--export-inputs .devinputs`` here, then
+``bash benchmarks/device_perturb_speed.sh`` there (docs/benchmarks.md).
 """
 
 from __future__ import annotations
