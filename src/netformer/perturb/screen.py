@@ -121,60 +121,88 @@ def screen_cell(
         raise ConfigError("screening without cell states supports perturbation='delete' only; "
                           "give cell states or use mode='exact'")
     base = base_model(model)
-    dev = base.embeddings.word_embeddings.weight.device
+    gene_mask = torch.tensor([int(t) not in special for t in ids], dtype=torch.float32,
+                             device=base.embeddings.word_embeddings.weight.device)
+    if goal is None:  # the pooling term alone: no gradient needed
+        with torch.no_grad():
+            _, h = gated_forward(base, ids)
+            return positions, _pooled_deletion(h, gene_mask, positions, None).double().cpu().numpy()
+    g = torch.as_tensor(goal, device=gene_mask.device, dtype=torch.float32)
+    h, f, d_gate, d_x = _shift_gradients(base, ids, gene_mask, g)
+    with torch.no_grad():
+        cd, cu, P = _position_shift_sums(base, d_x)
+        if kind == "delete":
+            pool = _pooled_deletion(h, gene_mask, positions, g).double().cpu().numpy() - float(f)
+            ctx = -d_gate[positions].double().cpu().numpy()
+            shift = cd[len(ids)] - cd[positions + 1]  # tokens p+1..L-1 move forward
+            return positions, pool + ctx + shift
+        return positions, _move_estimates(kind, positions, lay, fraction, d_x, P, cd, cu)
+
+
+def _shift_gradients(base, ids, gene_mask: torch.Tensor, goal: torch.Tensor):
+    """One forward and one backward pass: hidden states ``h`` (L, H), ``f = cos(cell embedding, goal)``
+    and its gradients with respect to each token's gate (L,) and input embedding (L, H)."""
     with torch.inference_mode(False), torch.enable_grad():
-        gene_mask = torch.tensor([int(t) not in special for t in ids], device=dev, dtype=torch.float32)
-        n = gene_mask.sum()
-        gate = torch.ones(len(ids), device=dev, requires_grad=True)
+        gate = torch.ones(len(ids), device=gene_mask.device, requires_grad=True)
         x0, _ = gated_forward(base, ids)
         x = x0.detach().requires_grad_(True)
         _, h = gated_forward(base, ids, gate=gate, x=x)
-        e = (h * gene_mask[:, None]).sum(0) / n
-        if goal is None:
-            hp = h.detach()
-            ep = (e.detach()[None, :] * n - hp[positions]) / (n - 1)
-            est = 1 - torch.nn.functional.cosine_similarity(ep, e.detach()[None, :], dim=-1)
-            return positions, est.double().cpu().numpy()
-        g = torch.as_tensor(goal, device=dev, dtype=torch.float32)
-        f = torch.nn.functional.cosine_similarity(e, g, dim=0)
+        e = (h * gene_mask[:, None]).sum(0) / gene_mask.sum()
+        f = torch.nn.functional.cosine_similarity(e, goal, dim=0)
         d_gate, d_x = torch.autograd.grad(f, (gate, x))
-    with torch.no_grad():
-        P = base.embeddings.position_embeddings.weight[: len(ids)].float()
-        L = len(ids)
-        # D_down[j]: effect of token j moving one position forward (j -> j-1); D_up: j -> j+1
-        D_down = torch.zeros(L, device=dev)
-        D_down[1:] = (d_x[1:] * (P[: L - 1] - P[1:L])).sum(1)
-        D_up = torch.zeros(L, device=dev)
-        D_up[: L - 1] = (d_x[: L - 1] * (P[1:L] - P[: L - 1])).sum(1)
-        cd = torch.cat([torch.zeros(1, device=dev), D_down.cumsum(0)]).double().cpu().numpy()
-        cu = torch.cat([torch.zeros(1, device=dev), D_up.cumsum(0)]).double().cpu().numpy()
-        f0 = float(f)
-        hp = h.detach()
-        est = np.zeros(len(positions))
-        if kind == "delete":
-            ep = (e.detach()[None, :] * n - hp[positions]) / (n - 1)
-            pool = torch.nn.functional.cosine_similarity(ep, g[None, :], dim=-1).double().cpu().numpy() - f0
-            ctx = -d_gate[positions].double().cpu().numpy()
-            shift = cd[L] - cd[positions + 1]  # tokens p+1..L-1 move forward
-            est = pool + ctx + shift
+    return h.detach(), f.detach(), d_gate, d_x
+
+
+def _pooled_deletion(h: torch.Tensor, gene_mask: torch.Tensor, positions: np.ndarray, goal: torch.Tensor | None):
+    """Pooling term of deleting each gene: the mean without its own hidden state, the others unchanged.
+
+    With ``goal``: (n_genes,) cosine of that mean with the goal; without: ``1 - cos`` with the
+    original cell embedding."""
+    n = gene_mask.sum()
+    e = (h * gene_mask[:, None]).sum(0) / n
+    ep = (e[None, :] * n - h[positions]) / (n - 1)
+    if goal is None:
+        return 1 - torch.nn.functional.cosine_similarity(ep, e[None, :], dim=-1)
+    return torch.nn.functional.cosine_similarity(ep, goal[None, :], dim=-1)
+
+
+def _position_shift_sums(base, d_x: torch.Tensor):
+    """Prefix sums of the first-order effect of moving each token one position forward (``cd``) or
+    back (``cu``), float64 arrays of length L + 1, and the (L, H) position embeddings used."""
+    L = d_x.shape[0]
+    dev = d_x.device
+    P = base.embeddings.position_embeddings.weight[:L].float()
+    # D_down[j]: effect of token j moving one position forward (j -> j-1); D_up: j -> j+1
+    D_down = torch.zeros(L, device=dev)
+    D_down[1:] = (d_x[1:] * (P[: L - 1] - P[1:L])).sum(1)
+    D_up = torch.zeros(L, device=dev)
+    D_up[: L - 1] = (d_x[: L - 1] * (P[1:L] - P[: L - 1])).sum(1)
+    cd = torch.cat([torch.zeros(1, device=dev), D_down.cumsum(0)]).double().cpu().numpy()
+    cu = torch.cat([torch.zeros(1, device=dev), D_up.cumsum(0)]).double().cpu().numpy()
+    return cd, cu, P
+
+
+def _move_estimates(kind: str, positions: np.ndarray, lay: CellLayout, fraction: float, d_x, P, cd, cu) -> np.ndarray:
+    """Estimates of moving each gene (overexpress / inhibit / activate): its own new position plus
+    the one-position shift of every token it passes."""
+    k = shift_size(lay.stop - lay.start, fraction)
+    est = np.zeros(len(positions))
+    for i, p in enumerate(positions):
+        if kind == "overexpress":
+            q = lay.start
+        elif kind == "inhibit":
+            q = min(lay.stop - 1, p + k)
         else:
-            k = shift_size(lay.stop - lay.start, fraction)
-            for i, p in enumerate(positions):
-                if kind == "overexpress":
-                    q = lay.start
-                elif kind == "inhibit":
-                    q = min(lay.stop - 1, p + k)
-                else:
-                    q = max(lay.start, p - k)
-                own = float((d_x[p] * (P[q] - P[p])).sum())
-                if q < p:  # tokens q..p-1 move back by one
-                    others = cu[p] - cu[q]
-                elif q > p:  # tokens p+1..q move forward by one
-                    others = cd[q + 1] - cd[p + 1]
-                else:
-                    others = 0.0
-                est[i] = own + others
-    return positions, est
+            q = max(lay.start, p - k)
+        own = float((d_x[p] * (P[q] - P[p])).sum())
+        if q < p:  # tokens q..p-1 move back by one
+            others = cu[p] - cu[q]
+        elif q > p:  # tokens p+1..q move forward by one
+            others = cd[q + 1] - cd[p + 1]
+        else:
+            others = 0.0
+        est[i] = own + others
+    return est
 
 
 def rank_agreement(estimate: Sequence[float], exact: Sequence[float], top: int = 20,
