@@ -143,6 +143,8 @@ def _shift_gradients(base, ids, gene_mask: torch.Tensor, goal: torch.Tensor):
     """One forward and one backward pass: hidden states ``h`` (L, H), ``f = cos(cell embedding, goal)``
     and its gradients with respect to each token's gate (L,) and input embedding (L, H)."""
     with torch.inference_mode(False), torch.enable_grad():
+        # called inside exact mode's inference_mode: tensors made there cannot enter autograd, copies can
+        gene_mask, goal = gene_mask.clone(), goal.clone()
         gate = torch.ones(len(ids), device=gene_mask.device, requires_grad=True)
         x0, _ = gated_forward(base, ids)
         x = x0.detach().requires_grad_(True)
