@@ -225,3 +225,18 @@ def test_cli_perturb(tiny_pretrained, tmp_path):
     assert set(res["perturbed"]) == {"ENSG00000187608"} and (out / "genes.csv").exists()
     r = CliRunner().invoke(app, [a if a != "stim" else "ctrl" for a in args])  # start == goal
     assert r.exit_code != 0 and isinstance(r.exception, ConfigError)
+    # a checkpoint without a dictionary beside it (as published Geneformer models): the dictionary
+    # the cells were tokenized with is used, and the results are the same
+    import shutil
+
+    bare = tmp_path / "bare_model"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copyfile(t.model_dir / f, bare / f)
+    t.vocab.save(data / "vocab")
+    out2 = tmp_path / "isp_bare"
+    r = CliRunner().invoke(app, [str(bare) if a == str(t.model_dir) else str(out2) if a == str(out) else a
+                                 for a in args])
+    assert r.exit_code == 0, r.output
+    assert "holds no token dictionary" in r.output
+    pd.testing.assert_frame_equal(pd.read_parquet(out2 / "results.parquet"), res)

@@ -53,7 +53,8 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, help="Replace a finished output directory."),
     ) -> None:
         """Perturb cells in silico; write results.parquet, genes.csv/.parquet and PNG plots into OUT."""
-        from ..tokenize import load_tokenized
+        from ..model import load_vocab_for
+        from ..tokenize import load_tokenized, load_tokenized_vocab
         from . import CellStates, PerturbConfig, StatsConfig, gene_stats, perturb, write_stats
         from ..errors import ConfigError
 
@@ -66,7 +67,14 @@ def register(app: typer.Typer) -> None:
                             fraction=fraction, mode=mode, top_k=top_k, layer=layer, batch_size=batch_size,
                             cell_filter=_parse_filter(filter_ or []) or None, max_cells=max_cells, seed=seed,
                             chunk_cells=chunk_cells, gene_effects=gene_effects, device=device)
-        res = perturb(model, load_tokenized(data), cfg, states=states, out_dir=out, overwrite=overwrite)
+        vocab = load_vocab_for(model)
+        if vocab is None and (Path(data) / "vocab").exists():
+            # a published Geneformer checkpoint has no dictionary beside it: use the one the cells
+            # were tokenized with (perturb() checks that it fits the model)
+            vocab = load_tokenized_vocab(data)
+            typer.echo(f"{model} holds no token dictionary; using the one {data} was tokenized with "
+                       f"({vocab.name})", err=True)
+        res = perturb(model, load_tokenized(data), cfg, states=states, vocab=vocab, out_dir=out, overwrite=overwrite)
         table = gene_stats(res.results, StatsConfig(seed=seed))
         paths = write_stats(table, out, res.results)
         typer.echo(f"{len(res.results)} perturbations in {res.results['cell_index'].nunique()} cells; "
