@@ -223,3 +223,21 @@ def test_cli_finetune(tiny_pretrained, scrna, tmp_path):
     assert len(folds) == 2 and {"model_macro_f1", "baseline_macro_f1"} <= set(folds.columns)
     clf = CellClassifier.load(out / "model")
     assert clf.classes_ == ["ctrl", "stim"]
+    # a checkpoint without a dictionary beside it (as published Geneformer models): --vocab
+    import shutil
+
+    bare = tmp_path / "bare_model"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copyfile(tiny_pretrained.model_dir / f, bare / f)
+    vocab_dir = tmp_path / "vocab"
+    tiny_pretrained.vocab.save(vocab_dir)
+    args = ["finetune", "cell", str(scrna / "kang2018_ifnb_ctrl_stim_2000cells_raw.h5ad"), str(bare),
+            str(tmp_path / "ft_bare"), "--label-column", "condition", "--n-cells", "120", "--folds", "0",
+            "--epochs", "1", "--max-length", "64", "--batch-size", "32"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code != 0 and "--vocab" in str(res.exception)
+    res = CliRunner().invoke(app, args + ["--vocab", str(vocab_dir)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "ft_bare" / "pretrained" / "token_dictionary.json").exists()
+    assert CellClassifier.load(tmp_path / "ft_bare" / "model").vocab.token_dict == tiny_pretrained.vocab.token_dict

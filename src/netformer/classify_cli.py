@@ -17,7 +17,7 @@ def register(app) -> None:
         task: str = typer.Argument(..., help="'cell' (a label per cell) or 'gene' (a label per gene)."),
         counts: Path = typer.Argument(..., help="Raw counts (.h5ad) of the cells; tokenized with the model's vocabulary "
                                                "and used by the baseline."),
-        model_dir: Path = typer.Argument(..., help="Pretrained model directory (with its vocabulary)."),
+        model_dir: Path = typer.Argument(..., help="Pretrained model directory (with its vocabulary, or see --vocab)."),
         output_dir: Path = typer.Argument(..., help="Where the fine-tuned model, metrics, predictions and plots go."),
         label_column: str = typer.Option("cell_type", "--label-column", help="obs column with cell labels (cell task)."),
         gene_labels: Optional[Path] = typer.Option(None, "--gene-labels",
@@ -32,6 +32,9 @@ def register(app) -> None:
         freeze_layers: int = typer.Option(0, "--freeze-layers"),
         max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate cells to this many tokens."),
         n_cells: Optional[int] = typer.Option(None, "--n-cells", help="Random subsample of cells (seeded)."),
+        vocab_dir: Optional[Path] = typer.Option(
+            None, "--vocab", help="Token dictionary folder for a checkpoint without one beside it (a published "
+                                  "Geneformer model), e.g. Geneformer's gc30M folder for V1 models."),
         class_weights: Optional[str] = typer.Option(None, "--class-weights", help="'balanced' or omit."),
         seed: int = typer.Option(0, "--seed"),
         device: Optional[str] = typer.Option(None, "--device"),
@@ -50,8 +53,21 @@ def register(app) -> None:
             raise ConfigError("task must be 'cell' or 'gene'")
         check_output(output_dir, overwrite)
         vocab = load_vocab_for(model_dir)
+        if vocab is not None and vocab_dir is not None:
+            raise ConfigError(f"{model_dir} has its own token dictionary; drop --vocab")
         if vocab is None:
-            raise ConfigError(f"{model_dir} holds no token dictionary; it must be a netformer model directory")
+            if vocab_dir is None:
+                raise ConfigError(f"{model_dir} holds no token dictionary (a published Geneformer checkpoint?); "
+                                  "pass --vocab DIR with the dictionary it was trained with")
+            from .genes import GeneVocab
+            from .model import attach_vocab
+
+            # a netformer model directory (checkpoint + dictionary) inside the output, used from here on
+            output_dir.mkdir(parents=True, exist_ok=True)
+            model_dir = attach_vocab(model_dir, GeneVocab.load(vocab_dir), output_dir / "pretrained",
+                                     overwrite=True)
+            vocab = load_vocab_for(model_dir)
+            typer.echo(f"checkpoint and dictionary {vocab.name!r} saved together in {model_dir}")
         cfg = FinetuneConfig(learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
                              freeze_layers=freeze_layers, max_length=max_length, class_weights=class_weights,
                              seed=seed, device=device)

@@ -116,6 +116,26 @@ def save_model(model, path: str | Path, vocab: GeneVocab | None = None, overwrit
     return Path(path)
 
 
+def attach_vocab(checkpoint: str | Path, vocab: GeneVocab, path: str | Path, overwrite: bool = False) -> Path:
+    """A netformer model directory made from a checkpoint that has no dictionary beside it.
+
+    Published Geneformer checkpoints hold only ``config.json`` and weights; fine-tuning and the CLI
+    need the token dictionary the model was trained with. This loads the checkpoint (masked-LM head
+    kept), checks that ``vocab`` fits it and saves both to ``path`` (a copy of the weights, as
+    safetensors, written atomically).
+
+    Raises
+    ------
+    DictionaryError
+        If the model's vocabulary size or ``<pad>`` id differ from ``vocab``'s.
+    OutputExistsError
+        If ``path`` exists and not ``overwrite``.
+    """
+    model = load_model(checkpoint, kind="mlm", device="cpu")
+    vocab.check_model(model.config.vocab_size, model.config.pad_token_id)
+    return save_model(model, path, vocab=vocab, overwrite=overwrite)
+
+
 def load_vocab_for(model_dir: str | Path) -> GeneVocab | None:
     """The vocabulary saved beside a model, or None (e.g. a published Geneformer checkpoint)."""
     model_dir = Path(model_dir)
