@@ -179,7 +179,9 @@ def _load(model, vocab: GeneVocab | None, device):
         vocab = vocab or load_vocab_for(path)
         model = load_model(path, kind="base", device=device)
     if vocab is None:
-        raise ConfigError("no vocabulary: pass vocab= (the GeneVocab the model was trained with)")
+        raise ConfigError("no vocabulary: the model directory holds no token dictionary (a published Geneformer "
+                          "checkpoint?); pass vocab= (the GeneVocab the model was trained with), or on the CLI "
+                          "use cells tokenized by `netformer tokenize`, which keep their dictionary")
     base = base_model(model)
     vocab.check_model(base.config.vocab_size, base.config.pad_token_id)
     return base, vocab
