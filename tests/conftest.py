@@ -60,6 +60,16 @@ class TinyModel:
     result: object  # netformer.pretrain.PretrainResult
     max_length: int = 256
 
+    def bare_checkpoint(self, path: Path) -> Path:
+        """A copy of the model without its dictionary (config and weights only), as Geneformer
+        publishes its checkpoints."""
+        import shutil
+
+        path.mkdir(parents=True)
+        for f in ("config.json", "model.safetensors"):
+            shutil.copyfile(self.model_dir / f, path / f)
+        return path
+
 
 @pytest.fixture(scope="session")
 def tiny_pretrained(scrna, tmp_path_factory) -> TinyModel:

@@ -224,12 +224,7 @@ def test_cli_finetune(tiny_pretrained, scrna, tmp_path):
     clf = CellClassifier.load(out / "model")
     assert clf.classes_ == ["ctrl", "stim"]
     # a checkpoint without a dictionary beside it (as published Geneformer models): --vocab
-    import shutil
-
-    bare = tmp_path / "bare_model"
-    bare.mkdir()
-    for f in ("config.json", "model.safetensors"):
-        shutil.copyfile(tiny_pretrained.model_dir / f, bare / f)
+    bare = tiny_pretrained.bare_checkpoint(tmp_path / "bare_model")
     vocab_dir = tmp_path / "vocab"
     tiny_pretrained.vocab.save(vocab_dir)
     args = ["finetune", "cell", str(scrna / "kang2018_ifnb_ctrl_stim_2000cells_raw.h5ad"), str(bare),

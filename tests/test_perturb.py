@@ -227,12 +227,7 @@ def test_cli_perturb(tiny_pretrained, tmp_path):
     assert r.exit_code != 0 and isinstance(r.exception, ConfigError)
     # a checkpoint without a dictionary beside it (as published Geneformer models): the dictionary
     # the cells were tokenized with is used, and the results are the same
-    import shutil
-
-    bare = tmp_path / "bare_model"
-    bare.mkdir()
-    for f in ("config.json", "model.safetensors"):
-        shutil.copyfile(t.model_dir / f, bare / f)
+    bare = t.bare_checkpoint(tmp_path / "bare_model")
     t.vocab.save(data / "vocab")
     out2 = tmp_path / "isp_bare"
     r = CliRunner().invoke(app, [str(bare) if a == str(t.model_dir) else str(out2) if a == str(out) else a

@@ -64,9 +64,8 @@ def register(app) -> None:
 
             # a netformer model directory (checkpoint + dictionary) inside the output, used from here on
             output_dir.mkdir(parents=True, exist_ok=True)
-            model_dir = attach_vocab(model_dir, GeneVocab.load(vocab_dir), output_dir / "pretrained",
-                                     overwrite=True)
-            vocab = load_vocab_for(model_dir)
+            vocab = GeneVocab.load(vocab_dir)
+            model_dir = attach_vocab(model_dir, vocab, output_dir / "pretrained", overwrite=True)
             typer.echo(f"checkpoint and dictionary {vocab.name!r} saved together in {model_dir}")
         cfg = FinetuneConfig(learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
                              freeze_layers=freeze_layers, max_length=max_length, class_weights=class_weights,
