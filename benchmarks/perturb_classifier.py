@@ -35,6 +35,7 @@ sys.path.insert(0, str(HERE))
 from perturb_examples import KNOWN_ISGS, RESULTS, TMP, markdown_table  # noqa: E402
 
 DEFAULT_MODEL = TMP / "pretrained_small" / "model"
+MIN_CELLS = 5  # genes perturbed in fewer cells get no test
 
 EXAMPLES = {
     "kang": dict(file="kang2018_ifnb_ctrl_stim_2000cells_raw.h5ad", column="condition", start="stim", goal="ctrl",
@@ -95,9 +96,9 @@ def main() -> None:
         res = perturb(clf_dir, ds, cfg, states=states, out_dir=run_dir)
         results, skipped = res.results, res.skipped
         t_run = round(time.perf_counter() - t0, 1)
-    table = gene_stats(results, StatsConfig(seed=0, min_cells=5))
+    table = gene_stats(results, StatsConfig(seed=0, min_cells=MIN_CELLS))
     write_stats(table, out, results, title=ex["title"])
-    tested = table[table["n_cells"] >= 5].reset_index(drop=True)
+    tested = table[table["n_cells"] >= MIN_CELLS].reset_index(drop=True)
     sig_toward = tested[(tested["fdr_vs_pooled"] < 0.05) & (tested["mean_shift"] > 0)]
     summary = {"model": args.model, "classifier": str(clf_dir), "finetune_epochs": args.epochs,
                "train_accuracy": round(train_acc, 4), "finetune_seconds": t_ft,
@@ -112,7 +113,7 @@ def main() -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     md = [f"# {ex['title']}", "", f"`python benchmarks/perturb_classifier.py {args.example} --epochs {args.epochs} "
           f"--cells {args.cells}`", "", "```", json.dumps(summary, indent=1), "```", ""]
-    for name, part in (("Top 20 by mean shift toward the goal (genes in >= 5 cells)", tested.head(20)),
+    for name, part in ((f"Top 20 by mean shift toward the goal (genes in >= {MIN_CELLS} cells)", tested.head(20)),
                        ("Top 20 significant (FDR vs pooled < 0.05) toward the goal", sig_toward.head(20))):
         md += [f"## {name}", ""] + markdown_table(part, isg_column=True) + [""]
     (out / "top20.md").write_text("\n".join(md) + "\n")
