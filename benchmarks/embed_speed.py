@@ -1,7 +1,7 @@
 """Cell-embedding throughput of the geneformer-v1-10m preset: netformer vs plain Hugging Face eager.
 
 Same random weights (``model_config("geneformer-v1-10m", vocab=gc30M)``, ``new_model(seed=0)``),
-same cells, same run, CPU or CUDA (whatever ``netformer.model.get_device()`` gives):
+same cells, same run, CPU or CUDA (whatever ``netformer.encoder.default_device()`` gives):
 
 - ours: ``netformer.embed.embed_cells`` (sdpa attention, length-sorted batches, encoder truncated at
   the requested layer, ``torch.inference_mode``), layer -2, mean over gene tokens;
@@ -112,10 +112,11 @@ def main() -> None:
 
     from netformer.embed import EmbeddingConfig, embed_cells
     from netformer.genes import GeneVocab
-    from netformer.model import get_device, model_config, new_model
+    from netformer.encoder import default_device
+    from netformer.model import model_config, new_model
     from netformer.tokenize import TranscriptomeTokenizer
 
-    device = get_device(args.device)
+    device = default_device(args.device)
     vocab = GeneVocab.from_geneformer(GC30M)
     config = model_config("geneformer-v1-10m", vocab=vocab)
     mlm = new_model(config, seed=0)
@@ -138,14 +139,14 @@ def main() -> None:
     keep = args.layer if args.layer >= 0 else n_layers + 1 + args.layer
     cfg = EmbeddingConfig(layer=args.layer, batch_size=args.batch_size, device=str(device))
     # warm-up
-    embed_cells(ours_model, pbmc[:2], cfg, special_ids=vocab.special_ids)
+    embed_cells(ours_model, pbmc[:2], cfg, vocab=vocab)
     reference_embed(ref_model, pbmc[:2], args.layer, args.batch_size, vocab.pad_id, device)
 
     rows = []
     for name, seqs in (("pbmc3k (gc30M, 2,048 max)", pbmc), ("synthetic full 2,048", full)):
         if not seqs:
             continue
-        e_ours, t_ours = timed(lambda: embed_cells(ours_model, seqs, cfg, special_ids=vocab.special_ids))
+        e_ours, t_ours = timed(lambda: embed_cells(ours_model, seqs, cfg, vocab=vocab))
         e_ref, t_ref = timed(lambda: reference_embed(ref_model, seqs, args.layer, args.batch_size, vocab.pad_id, device))
         t_sorted = None
         if args.sorted_reference:

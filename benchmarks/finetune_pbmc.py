@@ -118,11 +118,11 @@ def _cv_report(name, cv, cmd):
 
 def task_cells(args, name, path, label, n_splits, group=None, n_cells=None, cmd=""):
     from netformer.classify import cross_validate_cells, tokenize_cells
-    from netformer.model import load_vocab_for
+    from netformer.genes import model_vocab
 
     mdir = pretrained(args)
     cols = [label] + ([group] if group else [])
-    data = tokenize_cells(SCRNA / path, load_vocab_for(mdir), max_length=args.max_length, obs_columns=cols,
+    data = tokenize_cells(SCRNA / path, model_vocab(mdir), max_length=args.max_length, obs_columns=cols,
                           n_cells=n_cells, seed=0)
     y = pd.Series(data.dataset[label])
     counts = y.value_counts()
@@ -137,10 +137,10 @@ def task_cells(args, name, path, label, n_splits, group=None, n_cells=None, cmd=
 
 def task_tf(args, cmd):
     from netformer.classify import cross_validate_genes, tf_gene_labels, tokenize_cells
-    from netformer.model import load_vocab_for
+    from netformer.genes import model_vocab
 
     mdir = pretrained(args)
-    vocab = load_vocab_for(mdir)
+    vocab = model_vocab(mdir)
     data = tokenize_cells(SCRNA / "pbmc3k_raw_labeled.h5ad", vocab, max_length=args.max_length,
                           n_cells=args.tf_cells, seed=0)
     labels = tf_gene_labels(vocab)
@@ -169,10 +169,10 @@ def task_integration(args, cmd):
 
 def task_search(args, cmd):
     from netformer.classify import SearchSpace, search_cells, tokenize_cells
-    from netformer.model import load_vocab_for
+    from netformer.genes import model_vocab
 
     mdir = pretrained(args)
-    data = tokenize_cells(SCRNA / "pbmc3k_raw_labeled.h5ad", load_vocab_for(mdir), max_length=args.max_length,
+    data = tokenize_cells(SCRNA / "pbmc3k_raw_labeled.h5ad", model_vocab(mdir), max_length=args.max_length,
                           obs_columns=["cell_type"], n_cells=args.cells or 1200, seed=0)
     data = data.subset([i for i, v in enumerate(data.dataset["cell_type"]) if v is not None])
     space = SearchSpace(learning_rate=(1e-4, 3e-3), epochs=(2, 6), batch_size=(16, 32), freeze_layers=(0, 2))
@@ -217,7 +217,7 @@ def task_speed(args, cmd):
     model = BertForSequenceClassification.from_pretrained(str(mdir), num_labels=len(classes), attn_implementation="sdpa")
 
     def collate(feats):
-        from netformer.embed import pad_batch
+        from netformer.encoder import pad_batch
 
         ids, mask = pad_batch([f["input_ids"] for f in feats], vocab.pad_id, 2048)
         return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([f["labels"] for f in feats])}

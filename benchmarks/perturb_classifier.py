@@ -51,7 +51,7 @@ EXAMPLES = {
 def main() -> None:
     from netformer.classify import CellClassifier, FinetuneConfig
     from netformer.datasets import shared_data_dir
-    from netformer.model import load_vocab_for
+    from netformer.genes import model_vocab
     from netformer.perturb import CellStates, PerturbConfig, StatsConfig, gene_stats, perturb, write_stats
     from netformer.perturb.run import load_results
     from netformer.tokenize import TranscriptomeTokenizer
@@ -67,7 +67,7 @@ def main() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)
     ex = EXAMPLES[args.example]
-    vocab = load_vocab_for(args.model)
+    vocab = model_vocab(args.model)
     path = shared_data_dir() / "scrna" / ex["file"]
     ds = TranscriptomeTokenizer(vocab, model_input_size=256, obs_columns=[ex["column"]]).tokenize(path)
     labelled = ds.select([i for i, v in enumerate(ds[ex["column"]]) if v is not None])

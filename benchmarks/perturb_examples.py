@@ -95,12 +95,12 @@ def prepare_model(model_arg: str | None) -> Path:
 
 
 def run_example(name: str, model_dir: Path, n_cells: int, top_k: int, n_exact: int, mode: str) -> None:
-    from netformer.model import load_vocab_for
+    from netformer.genes import model_vocab
     from netformer.perturb import CellStates, PerturbConfig, StatsConfig, gene_stats, perturb, rank_agreement, write_stats
     from netformer.tokenize import TranscriptomeTokenizer
 
     scrna = shared_data_dir() / "scrna"
-    vocab = load_vocab_for(model_dir)
+    vocab = model_vocab(model_dir)
     if name == "kang":
         path, col = scrna / "kang2018_ifnb_ctrl_stim_2000cells_raw.h5ad", "condition"
         states = CellStates(col, start="stim", goal="ctrl")

@@ -213,9 +213,10 @@ def case_trained(inputs: Inputs, args) -> dict | None:
     if not (inputs.trained_model / "config.json").exists():
         print(f"no pretrained model at {inputs.trained_model}: trained-model agreement case skipped", flush=True)
         return None
-    from netformer.model import load_model, load_vocab_for
+    from netformer.genes import model_vocab
+    from netformer.model import load_model
 
-    tvocab = load_vocab_for(inputs.trained_model)
+    tvocab = model_vocab(inputs.trained_model)
     trained = load_model(inputs.trained_model, kind="mlm", device=args.device).eval()
     tids = inputs.pbmc_cells(tvocab, "trained", 60)
     with ExactEvaluator(trained, tvocab.special_ids, batch_size=64, device=args.device) as ev:

@@ -11,7 +11,8 @@ import torch
 
 from netformer.embed import EmbeddingConfig, embed_cells, embed_genes, knn_accuracy
 from netformer.errors import ConfigError, DictionaryError, OutputExistsError
-from netformer.model import PRESETS, load_model, load_vocab_for, model_config, new_model, save_model
+from netformer.genes import model_vocab
+from netformer.model import PRESETS, load_model, model_config, new_model, save_model
 from netformer.pretrain import PretrainConfig, pretrain
 
 
@@ -38,7 +39,7 @@ def test_pretraining_lowers_loss_and_embeddings_separate_cell_types(tiny_pretrai
     assert last < first - 1.0, (first, last)
     model = load_model(tiny_pretrained.model_dir)
     ds = tiny_pretrained.pbmc
-    emb = embed_cells(model, ds, EmbeddingConfig(batch_size=64), special_ids=tiny_pretrained.vocab.special_ids)
+    emb = embed_cells(model, ds, EmbeddingConfig(batch_size=64))
     assert emb.shape == (len(ds), 64) and np.isfinite(emb).all()
     labels = pd.Series(ds["cell_type"]).replace("None", np.nan)
     acc = knn_accuracy(emb, labels)
@@ -59,7 +60,7 @@ def test_checkpoint_is_plain_huggingface(tiny_pretrained):
         a = plain.eval().bert(ids).last_hidden_state
         b = ours(ids).last_hidden_state
     torch.testing.assert_close(a, b)
-    assert load_vocab_for(tiny_pretrained.model_dir).token_dict == tiny_pretrained.vocab.token_dict
+    assert model_vocab(tiny_pretrained.model_dir).token_dict == tiny_pretrained.vocab.token_dict
 
 
 def test_embeddings_do_not_depend_on_batching_and_skip_layers_exactly(tiny_pretrained):
@@ -71,8 +72,9 @@ def test_embeddings_do_not_depend_on_batching_and_skip_layers_exactly(tiny_pretr
     np.testing.assert_allclose(one, many, atol=2e-5)
     # truncating the encoder gives the same state as output_hidden_states of the full model
     ids = torch.tensor([seqs[5]])
+    genes = ~torch.isin(ids[0], torch.tensor(tiny_pretrained.vocab.special_ids))  # <cls> is not pooled
     with torch.no_grad():
-        full = model(ids, output_hidden_states=True).hidden_states[-2][0].mean(0).numpy()
+        full = model(ids, output_hidden_states=True).hidden_states[-2][0][genes].mean(0).numpy()
     np.testing.assert_allclose(embed_cells(model, [seqs[5]], EmbeddingConfig(layer=-2))[0], full, atol=2e-5)
     cls = embed_cells(model, seqs, EmbeddingConfig(pooling="cls", layer=-1))
     with torch.no_grad():
@@ -82,7 +84,7 @@ def test_embeddings_do_not_depend_on_batching_and_skip_layers_exactly(tiny_pretr
 def test_gene_embeddings(tiny_pretrained):
     model = load_model(tiny_pretrained.model_dir)
     ds = tiny_pretrained.pbmc.select(range(100))
-    genes = embed_genes(model, ds, special_ids=tiny_pretrained.vocab.special_ids, vocab=tiny_pretrained.vocab)
+    genes = embed_genes(model, ds)
     counts = pd.Series([t for s in ds["input_ids"] for t in s[1:-1]]).value_counts()
     assert len(genes) == len(counts)
     top = tiny_pretrained.vocab.token_to_gene(counts.index[0])

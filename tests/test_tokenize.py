@@ -15,7 +15,8 @@ import scipy.sparse as sp
 
 from netformer.errors import CorruptFileError, GeneIdError, InputDataError, OutputExistsError
 from netformer.genes import GeneVocab
-from netformer.tokenize import TranscriptomeTokenizer, build_vocab, load_tokenized, load_tokenized_vocab
+from netformer.genes import dataset_vocab
+from netformer.tokenize import TranscriptomeTokenizer, build_vocab, load_tokenized
 
 SCRNA_FILES = [
     "pbmc3k_raw_labeled.h5ad",
@@ -202,7 +203,7 @@ def test_write_is_atomic_and_refuses_existing_output(pbmc, v2, tmp_path):
     summary = TranscriptomeTokenizer(v2, obs_columns=["cell_type"]).write([pbmc[:64].copy()], out)
     ds = load_tokenized(out)
     assert len(ds) == summary.n_cells_out == 64
-    assert load_tokenized_vocab(out).token_dict == v2.token_dict
+    assert dataset_vocab(out)[0].token_dict == v2.token_dict
     with pytest.raises(OutputExistsError):
         TranscriptomeTokenizer(v2).write([pbmc[:8].copy()], out)
     # a failure half way leaves nothing behind

@@ -167,8 +167,7 @@ def run_demo(output_dir: str | Path = "netformer_demo", config: DemoConfig | Non
     _step("cell embeddings (mean over gene tokens, second to last layer)", 5)
     t0 = time.perf_counter()
     model = load_model(out / "pretrain" / "model", device=cfg.device)
-    emb = embed_cells(model, dataset, EmbeddingConfig(layer=-2, batch_size=64, device=cfg.device),
-                      special_ids=vocab.special_ids)
+    emb = embed_cells(model, dataset, EmbeddingConfig(layer=-2, batch_size=64, device=cfg.device), vocab=vocab)
     timed("embed", t0)
 
     _step("embedding quality: k-NN accuracy against the PCA baseline, UMAP plots", 6)

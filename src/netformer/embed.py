@@ -9,26 +9,26 @@ Layers are counted as in ``output_hidden_states``: ``layer=-1`` is the last enco
 ``layer=-2`` (default) the second to last, which is upstream's default (``emb_layer=-1`` there).
 Only the layers up to the one requested are run.
 
-Speed: cells are sorted by length and batched so that padding is minimal, attention runs through
-PyTorch's scaled-dot-product kernels (``attn_implementation="sdpa"``), and inference runs under
+Batching, truncation at the layer, pooling and the device rule are those of the one encoder path,
+:mod:`netformer.encoder`; the dictionary is the one :func:`netformer.genes.resolve_vocab` resolves.
+Attention runs through PyTorch's scaled-dot-product kernels (``attn_implementation="sdpa"``) under
 ``torch.inference_mode``; on CUDA, ``dtype=torch.bfloat16`` halves memory and time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from .errors import ConfigError, DictionaryError, InputDataError
-from .model import get_device
+from .encoder import POOLINGS, base_model, check_dataset, iter_hidden, n_kept_layers, pool, special_tensor
+from .errors import ConfigError
+from .genes import GeneVocab, resolve_vocab
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class EmbeddingConfig:
     max_length
         Truncate cells to this many tokens (default: the model's ``max_position_embeddings``).
     device
-        Default: CUDA when available, else CPU.
+        Default: where the model is (see :func:`netformer.encoder.model_device`).
     dtype
         Autocast dtype on CUDA (e.g. ``torch.bfloat16``); ignored on CPU.
     """
@@ -62,175 +62,84 @@ class EmbeddingConfig:
     dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
-        if self.pooling not in ("mean", "cls"):
-            raise ConfigError("pooling must be 'mean' or 'cls'")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.batch_size < 1:
             raise ConfigError("batch_size must be positive")
 
 
-def _base(model):
-    """The ``BertModel`` inside any Bert head model."""
-    return getattr(model, "bert", model)
+def _encoder_inputs(model, dataset, vocab, cfg: EmbeddingConfig):
+    """Resolve the vocabulary (the one policy), check the cells against the model, give the special
+    ids excluded from pooling."""
+    base = base_model(model)
+    vocab = resolve_vocab(model, dataset, vocab, model_config={"vocab_size": base.config.vocab_size,
+                                                              "pad_token_id": base.config.pad_token_id})
+    seqs = check_dataset(dataset, base.config.vocab_size)
+    n_kept_layers(base, cfg.layer)
+    return base, vocab, seqs
 
 
-@contextlib.contextmanager
-def truncated_encoder(model, layer: int) -> Iterator[int]:
-    """Temporarily drop the encoder layers after ``layer`` (hidden-state index); yields the
-    number of layers kept."""
-    base = _base(model)
-    layers = base.encoder.layer
-    n = len(layers)
-    keep = layer if layer >= 0 else n + 1 + layer
-    if not 0 <= keep <= n:
-        raise ConfigError(f"layer {layer} is out of range for a model with {n} layers")
-    base.encoder.layer = torch.nn.ModuleList(list(layers)[:keep])
-    try:
-        yield keep
-    finally:
-        base.encoder.layer = layers
-
-
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token id lists into ``(input_ids, attention_mask)`` long tensors of shape
-    (batch, min(longest, max_length))."""
-    width = min(max(len(s) for s in seqs), max_length)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        s = s[:width]
-        ids[i, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Indices grouped into batches of similar length (longest first) to minimise padding."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def _check_vocab(model, dataset) -> None:
-    vocab_size = _base(model).config.vocab_size
-    sample = dataset.select(range(min(len(dataset), 256)))["input_ids"]
-    top = max((max(s) for s in sample if len(s)), default=0)
-    if top >= vocab_size:
-        raise DictionaryError(
-            f"the dataset holds token id {top} but the model's vocabulary has {vocab_size} tokens; "
-            "tokenize with the dictionary the model was trained on"
-        )
-
-
-def _special_ids(model, special_ids: Sequence[int] | None) -> list[int]:
-    if special_ids is not None:
-        return list(special_ids)
-    pad = _base(model).config.pad_token_id or 0
-    return [pad]
-
-
-def iter_hidden(
-    model,
-    input_ids: Sequence[Sequence[int]],
-    config: EmbeddingConfig | None = None,
-    desc: str = "embedding",
-) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Run the encoder over cells in length-sorted batches.
-
-    Yields ``(indices, hidden, input_ids, attention_mask)`` per batch, where ``hidden`` is the
-    (batch, length, hidden) state at ``config.layer`` on the model's device, and ``indices`` the
-    positions of the batch's cells in ``input_ids``.
-    """
-    cfg = config or EmbeddingConfig()
-    base = _base(model)
-    device = get_device(cfg.device)
-    base.to(device).eval()
-    max_len = cfg.max_length or base.config.max_position_embeddings
-    pad = base.config.pad_token_id or 0
-    lengths = [len(s) for s in input_ids]
-    if any(n == 0 for n in lengths):
-        raise InputDataError("some cells have no tokens; re-tokenize (empty cells are skipped there)")
-    autocast = (
-        torch.autocast(device_type="cuda", dtype=cfg.dtype)
-        if cfg.dtype is not None and device.type == "cuda"
-        else contextlib.nullcontext()
-    )
-    batches = length_sorted_batches(lengths, cfg.batch_size)
-    with torch.inference_mode(), truncated_encoder(base, cfg.layer), autocast:
-        for idx in tqdm(batches, desc=desc, unit="batch", disable=None, leave=False):
-            ids, mask = pad_batch([input_ids[i] for i in idx], pad, max_len)
-            ids, mask = ids.to(device), mask.to(device)
-            hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
-            yield idx, hidden.float(), ids, mask
-
-
-def embed_cells(
-    model,
-    dataset,
-    config: EmbeddingConfig | None = None,
-    special_ids: Sequence[int] | None = None,
-) -> np.ndarray:
+def embed_cells(model, dataset, config: EmbeddingConfig | None = None, vocab: GeneVocab | None = None) -> np.ndarray:
     """Cell embeddings, shape (n_cells, hidden_size), float32, in dataset order.
 
     Parameters
     ----------
     model
-        A ``BertModel`` or any Bert head model (its encoder is used).
+        A ``BertModel`` or any Bert head model (its encoder is used), on any device (used where it is
+        unless ``config.device`` says otherwise).
     dataset
         A tokenized :class:`datasets.Dataset` (``input_ids`` column) or a list of token id lists.
-    special_ids
-        Token ids excluded from mean pooling besides padding (default: the pad id; pass
-        ``vocab.special_ids`` to also exclude ``<cls>``/``<eos>``).
+    config
+        :class:`EmbeddingConfig` (layer -2 and mean pooling by default, as upstream).
+    vocab
+        The token dictionary; default: resolved by :func:`netformer.genes.resolve_vocab` (the
+        model's, else the dataset's). Its special tokens (``<pad>``, ``<mask>``, ``<cls>``,
+        ``<eos>``) are excluded from mean pooling, as upstream ``EmbExtractor`` excludes ``<cls>``
+        and ``<eos>`` and padding.
 
     Raises
     ------
     DictionaryError
-        If the dataset holds token ids beyond the model's vocabulary.
+        No dictionary can be resolved, or model and dataset dictionaries differ, or the dataset holds
+        token ids beyond the model's vocabulary.
+    InputDataError
+        No cell, or empty cells.
+    ConfigError
+        ``layer`` out of range.
     """
     cfg = config or EmbeddingConfig()
-    ids = dataset["input_ids"] if hasattr(dataset, "column_names") else list(dataset)
-    if hasattr(dataset, "column_names"):
-        _check_vocab(model, dataset)
-    hidden_size = _base(model).config.hidden_size
-    out = np.zeros((len(ids), hidden_size), dtype=np.float32)
-    special = torch.tensor(_special_ids(model, special_ids))
-    for idx, hidden, tok, mask in iter_hidden(model, ids, cfg):
-        if cfg.pooling == "cls":
-            emb = hidden[:, 0]
-        else:
-            keep = mask.bool() & ~torch.isin(tok, special.to(tok.device))
-            w = keep.unsqueeze(-1).float()
-            emb = (hidden * w).sum(1) / w.sum(1).clamp(min=1.0)
-        out[idx] = emb.cpu().numpy()
+    base, vocab, seqs = _encoder_inputs(model, dataset, vocab, cfg)
+    out = np.zeros((len(seqs), base.config.hidden_size), dtype=np.float32)
+    special = special_tensor(vocab)
+    for idx, hidden, tok, mask in iter_hidden(base, seqs, cfg.layer, cfg.batch_size, cfg.max_length, cfg.device,
+                                              cfg.dtype):
+        out[idx] = pool(hidden, tok, special, cfg.pooling, mask).cpu().numpy()
     return out
 
 
-def embed_genes(
-    model,
-    dataset,
-    config: EmbeddingConfig | None = None,
-    special_ids: Sequence[int] | None = None,
-    vocab=None,
-) -> pd.DataFrame:
+def embed_genes(model, dataset, config: EmbeddingConfig | None = None, vocab: GeneVocab | None = None) -> pd.DataFrame:
     """Gene embeddings: each token's contextual hidden state averaged over cells.
 
-    Returns a DataFrame indexed by token id (or gene id when ``vocab`` is given) with columns
-    ``n_cells`` and ``dim_0 .. dim_{hidden-1}``, for every token that occurs in the data.
+    Returns a DataFrame indexed by gene id (``gene``) with columns ``n_cells`` and
+    ``dim_0 .. dim_{hidden-1}``, for every gene token that occurs in the data (special tokens
+    excluded). ``vocab`` and the errors raised are as in :func:`embed_cells`.
     """
     cfg = config or EmbeddingConfig()
-    base = _base(model)
-    ids = dataset["input_ids"] if hasattr(dataset, "column_names") else list(dataset)
-    device = get_device(cfg.device)
-    sums = torch.zeros((base.config.vocab_size, base.config.hidden_size), dtype=torch.float64, device=device)
-    counts = torch.zeros(base.config.vocab_size, dtype=torch.float64, device=device)
-    special = torch.tensor(_special_ids(model, special_ids), device=device)
-    for _, hidden, tok, mask in iter_hidden(model, ids, cfg, desc="gene embeddings"):
+    base, vocab, seqs = _encoder_inputs(model, dataset, vocab, cfg)
+    sums = counts = special = None
+    for _, hidden, tok, mask in iter_hidden(base, seqs, cfg.layer, cfg.batch_size, cfg.max_length, cfg.device,
+                                            cfg.dtype, desc="gene embeddings"):
+        if sums is None:
+            dev = hidden.device
+            sums = torch.zeros((base.config.vocab_size, base.config.hidden_size), dtype=torch.float64, device=dev)
+            counts = torch.zeros(base.config.vocab_size, dtype=torch.float64, device=dev)
+            special = special_tensor(vocab, dev)
         keep = mask.bool() & ~torch.isin(tok, special)
         sums.index_add_(0, tok[keep], hidden[keep].double())
-        counts.index_add_(0, tok[keep], torch.ones(int(keep.sum()), dtype=torch.float64, device=device))
+        counts.index_add_(0, tok[keep], torch.ones(int(keep.sum()), dtype=torch.float64, device=dev))
     present = torch.nonzero(counts > 0).flatten()
     emb = (sums[present] / counts[present, None]).float().cpu().numpy()
-    index = present.cpu().numpy()
-    if vocab is not None:
-        index = [vocab.token_to_gene(t) for t in index]
+    index = [vocab.token_to_gene(t) for t in present.cpu().numpy()]
     df = pd.DataFrame(emb, index=pd.Index(index, name="gene"), columns=[f"dim_{i}" for i in range(emb.shape[1])])
     df.insert(0, "n_cells", counts[present].cpu().numpy().astype(int))
     return df

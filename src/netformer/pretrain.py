@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from ._io import atomic_file, check_output
-from .errors import ConfigError, DictionaryError, InputDataError
-from .genes import GeneVocab
+from .encoder import check_dataset, pad_batch
+from .errors import ConfigError
+from .genes import GeneVocab, resolve_vocab
 from .model import model_config, new_model, save_model
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,6 @@ class GeneMaskingCollator:
         self.p = mlm_probability
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
-        from .embed import pad_batch
-
         ids, mask = pad_batch([f["input_ids"] for f in features], self.pad_id, self.max_length)
         labels = ids.clone()
         candidates = mask.bool() & ~torch.isin(ids, self.special)
@@ -221,11 +220,8 @@ def pretrain(dataset, vocab: GeneVocab, output_dir: str | Path, config: Pretrain
     out = Path(output_dir)
     if (out / "model").exists():
         check_output(out / "model", overwrite)
-    if len(dataset) == 0:
-        raise InputDataError("the tokenized dataset is empty")
-    top = max(max(s) for s in dataset.select(range(min(len(dataset), 512)))["input_ids"])
-    if top >= vocab.vocab_size:
-        raise DictionaryError(f"dataset holds token id {top} beyond the vocabulary ({vocab.vocab_size} tokens)")
+    vocab = resolve_vocab(None, dataset, vocab)  # the cells' dictionary must be this one
+    check_dataset(dataset, vocab.vocab_size)
     mcfg = model_config(cfg.preset, vocab=vocab, **(cfg.model_overrides or {}))
     max_len = min(cfg.max_length or mcfg.max_position_embeddings, mcfg.max_position_embeddings)
     model = masked_gene_model(mcfg, seed=cfg.seed)
@@ -247,11 +243,23 @@ def pretrain(dataset, vocab: GeneVocab, output_dir: str | Path, config: Pretrain
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
     history = [h for h in trainer.state.log_history if "loss" in h]
-    save_model(_as_plain_mlm(trainer.model.cpu()), out / "model", vocab=vocab, overwrite=overwrite)
-    with atomic_file(out / "loss_history.json") as tmp:
-        tmp.write_text(json.dumps({"config": asdict(cfg), "history": history}, indent=1, default=str))
+    if trainer.is_world_process_zero():  # under torchrun / accelerate only the main process writes
+        save_model(_as_plain_mlm(trainer.model.cpu()), out / "model", vocab=vocab, overwrite=overwrite,
+                   tokenizer=_tokenizer_settings(dataset))
+        with atomic_file(out / "loss_history.json") as tmp:
+            tmp.write_text(json.dumps({"config": asdict(cfg), "history": history}, indent=1, default=str))
     return PretrainResult(out / "model", history, seconds, len(dataset), trainer.state.global_step,
                           resumed_from=resume)
+
+
+def _tokenizer_settings(dataset) -> dict | None:
+    """The tokenizer settings a dataset records (see ``TranscriptomeTokenizer.settings``), or None."""
+    from .genes import DATASET_INFO_KEY
+
+    try:
+        return json.loads(dataset.info.description or "{}").get(DATASET_INFO_KEY)
+    except (ValueError, AttributeError):
+        return None
 
 
 def initial_mlm_loss(vocab_size: int) -> float:

@@ -42,8 +42,8 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from ._io import atomic_dir
-from .errors import ConfigError, GeneIdError, InputDataError
-from .genes import GeneVocab, looks_like_ensembl
+from .errors import ConfigError, CorruptFileError, GeneIdError, InputDataError
+from .genes import DATASET_INFO_KEY, GeneVocab, looks_like_ensembl, remember_vocab
 from .readers import CountSource, open_counts
 
 log = logging.getLogger(__name__)
@@ -382,7 +382,20 @@ class TranscriptomeTokenizer:
         tables = list(self.iter_tables(source))
         if not tables:
             raise InputDataError("no cell was tokenized: all cells were filtered out or had no mapped gene")
-        return datasets.Dataset(pa.concat_tables(tables))
+        return datasets.Dataset(pa.concat_tables(tables), info=self._dataset_info())
+
+    def settings(self) -> dict:
+        """What a model needs to know of this tokenizer: dictionary name and digest, input size, special tokens."""
+        return {"vocab": self.vocab.name, "vocab_digest": self.vocab.digest, "vocab_size": self.vocab.vocab_size,
+                "model_input_size": self.config.model_input_size, "special_tokens": self.special_tokens}
+
+    def _dataset_info(self):
+        """``datasets.DatasetInfo`` whose description records :meth:`settings` (JSON under ``"netformer"``),
+        so a dataset carries its dictionary's digest through ``select``, ``save_to_disk`` and loading."""
+        import datasets
+
+        remember_vocab(self.vocab)
+        return datasets.DatasetInfo(description=json.dumps({DATASET_INFO_KEY: self.settings()}))
 
     def write(self, sources: Iterable, out_dir: str | Path, overwrite: bool = False) -> TokenizeSummary:
         """Tokenize files (streamed) into a dataset directory readable by ``datasets.load_from_disk``.
@@ -412,7 +425,7 @@ class TranscriptomeTokenizer:
                 writer.finalize()
             if self.summary.n_cells_out == 0:
                 raise InputDataError("no cell was tokenized: all cells were filtered out or had no mapped gene")
-            ds = datasets.Dataset.from_file(str(raw))
+            ds = datasets.Dataset.from_file(str(raw), info=self._dataset_info())
             ds.save_to_disk(str(tmp / "dataset"))
             del ds
             raw.unlink()
@@ -420,9 +433,7 @@ class TranscriptomeTokenizer:
                 p.rename(tmp / p.name)
             (tmp / "dataset").rmdir()
             info = {
-                "vocab": self.vocab.name,
-                "vocab_size": self.vocab.vocab_size,
-                "special_tokens": self.special_tokens,
+                **self.settings(),
                 "config": asdict(self.config),
                 "summary": asdict(self.summary),
             }
@@ -441,21 +452,25 @@ def _arrow_friendly(values: np.ndarray) -> np.ndarray | list:
 
 
 def load_tokenized(path: str | Path) -> "datasets.Dataset":  # noqa: F821
-    """Load a tokenized dataset directory written by :meth:`TranscriptomeTokenizer.write`."""
+    """Load a tokenized dataset directory written by :meth:`TranscriptomeTokenizer.write` (or any
+    ``datasets.save_to_disk`` folder with ``input_ids``, e.g. upstream Geneformer's).
+
+    Its dictionary is found by :func:`netformer.genes.dataset_vocab` (``vocab/`` beside the Arrow files).
+    Raises :class:`InputDataError` if ``path`` is not such a folder or holds no ``input_ids``.
+    """
     import datasets
 
     path = Path(path)
     if not (path / "state.json").exists():
         raise InputDataError(f"{path} is not a tokenized dataset directory (no state.json); run `netformer tokenize` first")
-    return datasets.load_from_disk(str(path))
-
-
-def load_tokenized_vocab(path: str | Path) -> GeneVocab:
-    """The vocabulary saved in a tokenized dataset directory (``path/vocab``)."""
-    path = Path(path)
-    if not (path / "vocab").exists():
-        raise InputDataError(f"{path} holds no vocab/ folder; pass the vocabulary explicitly")
-    return GeneVocab.load(path / "vocab")
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:  # datasets raises several types on damaged folders
+        raise CorruptFileError(f"cannot read the tokenized dataset {path} ({type(exc).__name__}: {exc}); "
+                               "tokenize the cells again") from None
+    if not hasattr(ds, "column_names") or "input_ids" not in ds.column_names:
+        raise InputDataError(f"{path} holds no input_ids column; tokenize the cells with netformer tokenize")
+    return ds
 
 
 def build_vocab(

@@ -23,18 +23,18 @@ Public API
 from .baselines import GeneStatsBaseline, PCABaseline, gene_expression_stats, log_normalise
 from .config import FinetuneConfig
 from .cv import CVResult, cross_validate_cells, cross_validate_genes
-from .data import CellData, align_counts, check_vocab, get_labels, tokenize_cells
+from .data import CellData, align_counts, get_labels, resolve_gene_labels, tokenize_cells
 from .evaluate import Evaluation, evaluate_cells, evaluate_genes
 from .genesets import go_gene_set, tf_gene_labels
 from .metrics import Metrics, classification_metrics, plot_confusion, plot_roc
-from .models import CellClassifier, GeneClassifier, resolve_gene_labels
+from .models import CellClassifier, GeneClassifier
 from .search import SearchResult, SearchSpace, search_cells, search_genes
 from .splits import check_labels, kfold_indices, train_val_test_split
 
 __all__ = [
     "CVResult", "CellClassifier", "CellData", "Evaluation", "FinetuneConfig", "GeneClassifier",
     "GeneStatsBaseline", "Metrics", "PCABaseline", "SearchResult", "SearchSpace", "align_counts",
-    "check_labels", "check_vocab", "classification_metrics", "cross_validate_cells", "cross_validate_genes",
+    "check_labels", "classification_metrics", "cross_validate_cells", "cross_validate_genes",
     "evaluate_cells", "evaluate_genes", "gene_expression_stats", "get_labels", "go_gene_set", "kfold_indices",
     "log_normalise", "plot_confusion", "plot_roc", "resolve_gene_labels", "search_cells", "search_genes",
     "tf_gene_labels", "tokenize_cells", "train_val_test_split",

@@ -14,9 +14,9 @@ from .._io import atomic_file
 from ..errors import InputDataError
 from .baselines import gene_expression_stats
 from .config import FinetuneConfig
-from .data import CellData, get_labels
+from .data import CellData, get_labels, resolve_gene_labels
 from .evaluate import Evaluation, _assemble, evaluate_cells, evaluate_genes
-from .models import CellClassifier, GeneClassifier, resolve_gene_labels
+from .models import CellClassifier, GeneClassifier
 from .splits import kfold_indices
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import pandas as pd
 from .._io import atomic_file
 from ..errors import ConfigError, InputDataError
 from .baselines import GeneStatsBaseline, PCABaseline, gene_expression_stats
-from .data import align_counts, get_labels
+from .data import align_counts, get_labels, resolve_gene_labels
 from .metrics import Metrics, classification_metrics, plot_confusion, plot_roc
 from .splits import check_labels
 
@@ -148,8 +148,6 @@ def evaluate_genes(clf, dataset, gene_labels: Mapping[str, str], adata, output_d
                    stats: pd.DataFrame | None = None) -> Evaluation:
     """Score a fitted :class:`~netformer.classify.GeneClassifier` and the gene-statistics baseline
     on held-out genes. Genes absent from the cells or from ``adata`` are left out (logged)."""
-    from .models import resolve_gene_labels
-
     if adata is None and stats is None:
         raise ConfigError("evaluation needs the raw counts (adata) for the gene-statistics baseline; every result "
                           "is reported beside its baseline")

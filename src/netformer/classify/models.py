@@ -30,12 +30,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .._io import atomic_dir
-from ..embed import length_sorted_batches, pad_batch
-from ..errors import ConfigError, DictionaryError, GeneIdError, InputDataError
-from ..genes import GeneVocab, symbol_to_ensembl
-from ..model import get_device, load_model, load_vocab_for, save_model
+from ..encoder import check_dataset, default_device, length_sorted_batches, pad_batch
+from ..errors import ConfigError, DictionaryError, InputDataError
+from ..genes import GeneVocab, model_vocab, resolve_vocab
+from ..model import check_model_dir, load_model, save_model, tokenizer_settings
 from .config import FinetuneConfig
-from .data import check_vocab, get_labels
+from .data import get_labels, resolve_gene_labels
 from .metrics import classification_metrics
 from .splits import check_labels
 
@@ -64,12 +64,9 @@ class _Finetuner:
     kind = ""
 
     def __init__(self, model_dir: str | Path, config: FinetuneConfig | None = None) -> None:
-        self.model_dir = Path(model_dir)
-        if not (self.model_dir / "config.json").exists():
-            raise ConfigError(f"{self.model_dir} is not a model directory (no config.json); pass a pretrained "
-                              "model directory (netformer pretrain ... /model)")
+        self.model_dir = check_model_dir(model_dir)
         self.config = config or FinetuneConfig()
-        self.vocab: GeneVocab | None = load_vocab_for(self.model_dir)
+        self.vocab: GeneVocab | None = model_vocab(self.model_dir)
         self.model = None
         self.classes_: list[str] | None = None
         self.history_: list[dict] = []
@@ -78,7 +75,7 @@ class _Finetuner:
     # -- model ---------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return get_device(self.config.device)
+        return default_device(self.config.device)
 
     def _build(self, classes: list[str]) -> None:
         cfg = self.config
@@ -106,17 +103,10 @@ class _Finetuner:
         return min(self.config.max_length or base, base)
 
     def _check_data(self, dataset, dataset_dir=None) -> None:
-        if "input_ids" not in dataset.column_names:
-            raise InputDataError("the dataset has no input_ids column; tokenize it with netformer.tokenize")
-        if len(dataset) == 0:
-            raise InputDataError("the dataset is empty")
-        from transformers import AutoConfig
-
-        vocab_size = AutoConfig.from_pretrained(str(self.model_dir)).vocab_size
-        if self.vocab is not None and self.vocab.vocab_size != vocab_size:
-            raise DictionaryError(f"{self.model_dir}: saved vocabulary has {self.vocab.vocab_size} tokens but the "
-                                  f"model {vocab_size}")
-        check_vocab(dataset, vocab_size, self.vocab, dataset_dir)
+        """The one vocabulary policy and the one dataset check (``dataset_dir``: the tokenized folder
+        the cells came from, when the dataset object does not record its dictionary)."""
+        self.vocab = resolve_vocab(self.model_dir, dataset if dataset_dir is None else dataset_dir, self.vocab)
+        check_dataset(dataset, self.vocab.vocab_size)
 
     def _pad_id(self) -> int:
         return self.model.config.pad_token_id or 0
@@ -212,7 +202,8 @@ class _Finetuner:
         if self.model is None:
             raise ConfigError("nothing to save: the classifier is not fitted")
         with atomic_dir(path, overwrite=overwrite) as tmp:
-            save_model(self.model.cpu(), tmp, vocab=self.vocab, overwrite=True)
+            save_model(self.model.cpu(), tmp, vocab=self.vocab, overwrite=True,
+                       tokenizer=tokenizer_settings(self.model_dir))
             meta = {"task": self.kind, "classes": self.classes_, "config": self.config.to_dict(),
                     "history": self.history_, "train": self.train_info_, "base_model": str(self.model_dir)}
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
@@ -342,52 +333,6 @@ class CellClassifier(_Finetuner):
 # ------------------------------------------------------------------------------------------------
 # Gene classification
 # ------------------------------------------------------------------------------------------------
-def resolve_gene_labels(gene_labels: Mapping[str, str] | pd.Series, vocab: GeneVocab, on_missing: str = "drop",
-                        species: str = "human") -> dict[str, str]:
-    """Map user gene labels (keys: Ensembl ids or symbols) onto the vocabulary's gene ids.
-
-    Keys are looked up as vocabulary ids, then through the vocabulary's Ensembl mapping, then as
-    symbols through GENCODE (:func:`netformer.genes.symbol_to_ensembl`). Missing labels (None/NaN)
-    are dropped.
-
-    Parameters
-    ----------
-    on_missing
-        ``"drop"`` (log how many genes are not in the dictionary, with examples, and drop them)
-        or ``"raise"``.
-
-    Raises
-    ------
-    GeneIdError
-        ``on_missing="raise"`` and some genes are not in the dictionary, or no gene is.
-    """
-    if on_missing not in ("drop", "raise"):
-        raise ConfigError("on_missing must be 'drop' or 'raise'")
-    items = [(str(k), v) for k, v in dict(gene_labels).items() if v is not None and not pd.isna(v)]
-    keys = [k for k, _ in items]
-    mapped = list(vocab.map_ids(keys))
-    todo = [i for i, m in enumerate(mapped) if m is None]
-    if todo:
-        ens = symbol_to_ensembl([keys[i] for i in todo], species=species).tolist()
-        for i, e in zip(todo, ens):
-            if e is not None and e in vocab.token_dict:
-                mapped[i] = e
-    out, missing = {}, []
-    for (k, v), m in zip(items, mapped):
-        if m is None:
-            missing.append(k)
-        else:
-            out[m] = str(v)
-    if missing:
-        msg = (f"{len(missing)} of {len(items)} labelled genes are not in the token dictionary "
-               f"'{vocab.name}' (e.g. {missing[:5]})")
-        if on_missing == "raise" or not out:
-            raise GeneIdError(msg + "; label genes of the model's vocabulary (GeneVocab.genes), or pass "
-                              "on_missing='drop' to skip them")
-        log.warning("%s; they are dropped", msg)
-    return out
-
-
 class GeneClassifier(_Finetuner):
     """Fine-tune a pretrained encoder to classify genes (token classification head).
 
@@ -406,8 +351,9 @@ class GeneClassifier(_Finetuner):
 
     def _need_vocab(self) -> GeneVocab:
         if self.vocab is None:
-            raise DictionaryError(f"{self.model_dir} holds no token dictionary; gene labels cannot be mapped to "
-                                  "tokens. Save the model with netformer.model.save_model(..., vocab=...)")
+            raise DictionaryError(f"{self.model_dir} holds no token dictionary and none was resolved from the cells; "
+                                  "gene labels cannot be mapped to tokens. Fit on cells tokenized by netformer "
+                                  "tokenize, or save the model with netformer.model.save_model(..., vocab=...)")
         return self.vocab
 
     def fit(self, dataset, gene_labels: Mapping[str, str], eval_gene_labels: Mapping[str, str] | None = None,
@@ -429,8 +375,8 @@ class GeneClassifier(_Finetuner):
         InputDataError
             A single class, or no labelled gene occurs in the cells.
         """
-        vocab = self._need_vocab()
         self._check_data(dataset, dataset_dir)
+        vocab = self._need_vocab()
         labels = resolve_gene_labels(gene_labels, vocab, on_missing)
         seqs = dataset["input_ids"]
         present = self._present_tokens(seqs)

@@ -20,9 +20,9 @@ import pandas as pd
 
 from ..errors import ConfigError
 from .config import SCHEDULES, FinetuneConfig
-from .data import CellData, get_labels
+from .data import CellData, get_labels, resolve_gene_labels
 from .evaluate import evaluate_cells, evaluate_genes
-from .models import CellClassifier, GeneClassifier, resolve_gene_labels
+from .models import CellClassifier, GeneClassifier
 from .splits import train_val_test_split
 
 log = logging.getLogger(__name__)

@@ -6,11 +6,12 @@ Speed comes from changing how the passes are organised, not what they compute:
   of a cell of length ``L`` have length ``L - 1``; moves keep ``L``), so they are stacked into
   full batches with no padding and no attention mask.
 - **Truncated encoder.** Layers after the embedding layer are skipped
-  (:func:`netformer.embed.truncated_encoder`); upstream runs the whole model, MLM head included,
+  (:func:`netformer.encoder.truncated_encoder`); upstream runs the whole model, MLM head included,
   and keeps every layer's hidden states.
 - **The original cell once.** Its hidden states are computed once per cell and reused by all of
   that cell's perturbations.
-- ``torch.inference_mode``; any device (``device=None``: CUDA when available, else CPU).
+- ``torch.inference_mode``; any device (``device=None``: where the model is, the one device rule of
+  :func:`netformer.encoder.model_device`). Pooling is :func:`netformer.encoder.pool`.
 
 Results equal a one-forward-pass-per-perturbation reference
 (:func:`netformer.perturb.reference.reference_shifts`) to floating-point tolerance.
@@ -25,13 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..embed import truncated_encoder
-from ..model import get_device
-
-
-def base_model(model):
-    """The ``BertModel`` inside any Bert head model (MLM, cell or gene classifier)."""
-    return getattr(model, "bert", model)
+from ..encoder import base_model, model_device, pool, truncated_encoder
 
 
 @dataclass
@@ -71,14 +66,14 @@ class ExactEvaluator:
     batch_size
         Perturbed sequences per forward pass.
     device
-        Default: CUDA when available, else CPU.
+        Default: where the model is (moved, with a log line, only if another device is given).
     """
 
     def __init__(self, model, special_ids: Sequence[int], layer: int = -2, pooling: str = "mean",
                  batch_size: int = 64, device=None) -> None:
         self.base = base_model(model)
-        self.device = get_device(device)
-        self.base.to(self.device).eval()
+        self.device = model_device(self.base, device)
+        self.base.eval()
         self.special = torch.tensor(sorted(set(int(s) for s in special_ids)), device=self.device)
         self.layer = layer
         self.pooling = pooling
@@ -100,10 +95,7 @@ class ExactEvaluator:
 
     def pool(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """(B, L, H) hidden states -> (B, H) cell embeddings (mean over gene tokens, or <cls>)."""
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        keep = (~torch.isin(ids.to(self.device), self.special)).unsqueeze(-1).float()
-        return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+        return pool(hidden, ids.to(self.device), self.special, self.pooling)
 
     def embed(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """One cell -> ((L, H) hidden states, (H,) cell embedding)."""

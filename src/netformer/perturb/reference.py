@@ -4,7 +4,8 @@ Used to validate the exact engine (tests) and as the peer in ``benchmarks/pertur
 Each sequence (the original cell, then each perturbed variant) is run alone (batch size 1) through
 the *full* model given (e.g. ``BertForMaskedLM``, MLM head included) with
 ``output_hidden_states=True``, and the embedding is read from ``hidden_states[layer]``, as
-upstream's ``InSilicoPerturber`` (``get_embs`` with ``emb_layer``) does. Deliberately unoptimised.
+upstream's ``InSilicoPerturber`` (``get_embs`` with ``emb_layer``) does. Deliberately unoptimised,
+and deliberately independent of :mod:`netformer.encoder` (its own pooling), so that it can check it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..model import get_device
+from ..encoder import default_device
 
 
 def reference_embeddings(model, sequences: Sequence[Sequence[int]], special_ids: Sequence[int], layer: int = -2,
@@ -23,7 +24,7 @@ def reference_embeddings(model, sequences: Sequence[Sequence[int]], special_ids:
 
     Returns (n_sequences, hidden) float32.
     """
-    dev = get_device(device)
+    dev = default_device(device)
     model.to(dev).eval()
     special = set(int(s) for s in special_ids)
     out = []

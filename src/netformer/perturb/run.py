@@ -37,10 +37,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .._io import atomic_file, check_output
-from ..errors import ConfigError, DictionaryError, GeneIdError, InputDataError
-from ..genes import GeneVocab
-from ..model import get_device, load_model, load_vocab_for
-from .engine import ExactEvaluator, base_model, cosine
+from ..encoder import POOLINGS, base_model, check_dataset, model_device, n_kept_layers
+from ..errors import ConfigError, GeneIdError, InputDataError
+from ..genes import GeneVocab, resolve_vocab
+from ..model import load_model
+from .engine import ExactEvaluator, cosine
 from .ops import PERTURBATIONS, CellLayout, perturb_cell
 from .screen import screen_cell
 from .select_cells import CellStates, resolve_genes, select_cells
@@ -90,7 +91,8 @@ class PerturbConfig:
     max_chunks
         Stop after this many new chunks (time-boxed jobs); call again to continue.
     device
-        Default: CUDA when available, else CPU.
+        Default: where a loaded model is, or CUDA when available for a model directory (one rule,
+        :func:`netformer.encoder.model_device`; a loaded model is moved only when a device is given).
     species
         For symbol lookup in GENCODE (``human``/``mouse``).
     """
@@ -135,8 +137,8 @@ class PerturbConfig:
             raise ConfigError("top_k, batch_size and chunk_cells must be positive")
         if not 0 < self.fraction <= 1:
             raise ConfigError("fraction must be in (0, 1]")
-        if self.pooling not in ("mean", "cls"):
-            raise ConfigError("pooling must be 'mean' or 'cls'")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.mode == "screen" and self.pooling != "mean":
             raise ConfigError("mode='screen' estimates mean-pooled embeddings; use pooling='mean'")
 
@@ -173,41 +175,27 @@ class PerturbResult:
 
 
 # ------------------------------------------------------------------------------------------------
-def _load(model, vocab: GeneVocab | None, device):
+def _load(model, dataset, vocab: GeneVocab | None, device):
+    """The encoder, its dictionary (the one policy, :func:`netformer.genes.resolve_vocab`) and the one
+    device of the run (:func:`netformer.encoder.model_device`); the cells are checked against the model."""
+    source = model
     if isinstance(model, (str, Path)):
-        path = Path(model)
-        vocab = vocab or load_vocab_for(path)
-        model = load_model(path, kind="base", device=device)
-    if vocab is None:
-        raise ConfigError("no vocabulary: the model directory holds no token dictionary (a published Geneformer "
-                          "checkpoint?); pass vocab= (the GeneVocab the model was trained with), or on the CLI "
-                          "use cells tokenized by `netformer tokenize`, which keep their dictionary")
+        model = load_model(model, kind="base", device=device)
     base = base_model(model)
-    vocab.check_model(base.config.vocab_size, base.config.pad_token_id)
-    return base, vocab
-
-
-def _check_dataset(dataset, vocab: GeneVocab) -> None:
-    if "input_ids" not in dataset.column_names:
-        raise InputDataError("the dataset has no input_ids column; tokenize it with netformer.tokenize first")
-    lengths = dataset["length"] if "length" in dataset.column_names else None
-    sample = dataset.select(range(min(len(dataset), 512)))["input_ids"]
-    top = max((max(s) for s in sample if len(s)), default=0)
-    if top >= vocab.vocab_size:
-        raise DictionaryError(
-            f"the dataset holds token id {top} but the model's vocabulary has {vocab.vocab_size} tokens; "
-            "tokenize with the dictionary the model was trained on"
-        )
-    del lengths
+    dev = model_device(base, device)
+    vocab = resolve_vocab(source, dataset, vocab, model_config={"vocab_size": base.config.vocab_size,
+                                                               "pad_token_id": base.config.pad_token_id})
+    check_dataset(dataset, base.config.vocab_size)
+    return base, vocab, dev
 
 
 def _label(tokens: Sequence[int], vocab: GeneVocab) -> str:
     return "+".join(vocab.token_to_gene(t) for t in tokens)
 
 
-def state_embeddings(model, dataset, states: CellStates, special_ids, max_cells: int = 1000, seed: int = 0,
-                     layer: int = -2, pooling: str = "mean", max_length: int | None = None, device=None,
-                     batch_size: int = 32) -> dict[str, np.ndarray]:
+def state_embeddings(model, dataset, states: CellStates, vocab: GeneVocab | None = None, max_cells: int = 1000,
+                     seed: int = 0, layer: int = -2, pooling: str = "mean", max_length: int | None = None,
+                     device=None, batch_size: int = 32) -> dict[str, np.ndarray]:
     """Position of each state (start, goal, alternatives): the mean cell embedding
     (:func:`netformer.embed.embed_cells`) over at most ``max_cells`` cells of that state drawn with
     ``seed``. Returns label -> (hidden,) float32."""
@@ -223,7 +211,7 @@ def state_embeddings(model, dataset, states: CellStates, special_ids, max_cells:
         if idx.size > max_cells:
             idx = np.sort(rng.choice(idx, size=max_cells, replace=False))
         ids = dataset.select(idx.tolist())["input_ids"]
-        out[s] = embed_cells(model, ids, ecfg, special_ids=special_ids).mean(0).astype(np.float32)
+        out[s] = embed_cells(model, ids, ecfg, vocab=vocab).mean(0).astype(np.float32)
     return out
 
 
@@ -333,7 +321,9 @@ def perturb(
     states
         :class:`CellStates` for shifts toward goal / alternative states; start-state cells are perturbed.
     vocab
-        The model's :class:`~netformer.genes.GeneVocab` (default: the one saved in the model directory).
+        The model's :class:`~netformer.genes.GeneVocab`; default: resolved by
+        :func:`netformer.genes.resolve_vocab` (the model's, else the dataset's); a dataset tokenized
+        with another dictionary is refused.
     out_dir
         Resumable output directory (shards + manifest, final ``results.parquet``); None keeps
         everything in memory.
@@ -352,8 +342,8 @@ def perturb(
         Model and dataset (or vocabulary) disagree.
     """
     cfg = config or PerturbConfig()
-    base, vocab = _load(model, vocab, cfg.device)
-    _check_dataset(dataset, vocab)
+    base, vocab, device = _load(model, dataset, vocab, cfg.device)
+    n_kept_layers(base, cfg.layer)
     # the caller's config is left as given; this run's copy carries the effective input length
     cfg = replace(cfg, max_length=min(cfg.max_length or base.config.max_position_embeddings,
                                       base.config.max_position_embeddings))
@@ -365,7 +355,6 @@ def perturb(
     out = Path(out_dir) if out_dir is not None else None
     chunks = [cells[i: i + cfg.chunk_cells] for i in range(0, len(cells), cfg.chunk_cells)]
     manifest = _open_run(out, _fingerprint(cfg, cells, base, states, len(dataset)), len(chunks), cfg, overwrite)
-    device = get_device(cfg.device)
     state_pos = _state_positions(base, dataset, states, vocab, cfg, device, out) if states is not None else {}
     goal_vecs = _goal_vectors(states, state_pos)
 
@@ -451,7 +440,7 @@ def _state_positions(base, dataset, states: CellStates, vocab: GeneVocab, cfg: P
     if spath is not None and spath.exists():
         sdf = pd.read_parquet(spath)
         return {s: sdf[s].to_numpy(np.float32) for s in sdf.columns}
-    state_pos = state_embeddings(base, dataset, states, vocab.special_ids, cfg.max_state_cells, cfg.seed,
+    state_pos = state_embeddings(base, dataset, states, vocab, cfg.max_state_cells, cfg.seed,
                                  cfg.layer, cfg.pooling, cfg.max_length, device, cfg.batch_size)
     if spath is not None:
         with atomic_file(spath) as tmp:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .engine import base_model
+from ..encoder import base_model
 from .ops import CellLayout, shift_size
 
 

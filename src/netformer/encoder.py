@@ -1,0 +1,229 @@
+"""The one encoder path: every model job (embed, pretrain, classify, perturb) runs cells through here.
+
+- :func:`base_model`: the ``BertModel`` inside any Bert head model.
+- :func:`truncated_encoder`: run only the layers up to a hidden-state index.
+- :func:`length_sorted_batches`, :func:`pad_batch`: length-sorted batches with right padding.
+- :func:`pool`: mean over gene tokens (special tokens and padding excluded) or the ``<cls>`` state.
+- :func:`check_dataset`: the one dataset-vs-model check.
+- :func:`default_device`, :func:`model_device`: the one device rule.
+- :func:`iter_hidden`: hidden states of many cells in length-sorted batches.
+
+Hidden-state layers are counted as in ``output_hidden_states``: ``0`` is the embedding layer's output,
+``-1`` the last encoder layer, ``-2`` the second to last (upstream Geneformer's default,
+``emb_layer=-1`` in ``EmbExtractor``).
+
+Pooling follows upstream ``EmbExtractor``: the mean of the hidden states over the non-padding
+positions, with ``<cls>`` and ``<eos>`` left out for dictionaries that have them (Geneformer V2); we
+leave out every special token of the dictionary by id, which is the same set of positions on
+tokenized cells (``<cls>`` first, ``<eos>`` last, no ``<mask>``).
+
+Device rule: a loaded model is used where it is (its parameters' device) unless a device is given;
+a model is moved only when a different device is asked for, and the move is logged. Models loaded
+from a path go to :func:`default_device` (CUDA when available, else CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, DictionaryError, InputDataError
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "cls")
+
+
+def base_model(model):
+    """The ``BertModel`` inside any Bert head model (MLM, cell or gene classifier), or ``model`` itself."""
+    return getattr(model, "bert", model)
+
+
+# ------------------------------------------------------------------------------------------------
+# device
+# ------------------------------------------------------------------------------------------------
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else CUDA when available, else CPU (never hard-coded)."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_device(model, device: str | torch.device | None = None) -> torch.device:
+    """The device a job runs ``model`` on: the model's own device unless ``device`` is given.
+
+    When ``device`` differs from where the model is, the model is moved there and the move is
+    logged (the caller's object is moved: the one case where a model changes device).
+    """
+    try:
+        here = next(model.parameters()).device
+    except StopIteration:
+        here = torch.device("cpu")
+    if device is None:
+        return here
+    want = torch.device(device)
+    if want.type == "cuda" and want.index is None:
+        want = torch.device("cuda", torch.cuda.current_device())
+    if want != here:
+        log.info("moving the model from %s to %s", here, want)
+        model.to(want)
+    return want
+
+
+# ------------------------------------------------------------------------------------------------
+# layers, batches, pooling
+# ------------------------------------------------------------------------------------------------
+def n_kept_layers(model, layer: int) -> int:
+    """Number of encoder layers that produce hidden-state index ``layer``; ConfigError if out of range."""
+    n = len(base_model(model).encoder.layer)
+    keep = layer if layer >= 0 else n + 1 + layer
+    if not 0 <= keep <= n:
+        raise ConfigError(f"layer {layer} is out of range for a model with {n} layers "
+                          f"(use -{n + 1}..{n}; -1 is the last layer, -2 the second to last)")
+    return keep
+
+
+@contextlib.contextmanager
+def truncated_encoder(model, layer: int) -> Iterator[int]:
+    """Temporarily drop the encoder layers after hidden-state index ``layer``; yields the number kept.
+
+    Raises :class:`ConfigError` if ``layer`` is out of range.
+    """
+    base = base_model(model)
+    layers = base.encoder.layer
+    keep = n_kept_layers(base, layer)
+    base.encoder.layer = torch.nn.ModuleList(list(layers)[:keep])
+    try:
+        yield keep
+    finally:
+        base.encoder.layer = layers
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id lists into ``(input_ids, attention_mask)`` long tensors of shape
+    (batch, min(longest, max_length)); longer cells are truncated to ``max_length``."""
+    width = min(max(len(s) for s in seqs), max_length)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        s = s[:width]
+        ids[i, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Indices grouped into batches of similar length (longest first, ties in input order) to
+    minimise padding."""
+    if batch_size < 1:
+        raise ConfigError("batch_size must be positive")
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pool(hidden: torch.Tensor, ids: torch.Tensor, special: torch.Tensor, pooling: str = "mean",
+         mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Cell embeddings from hidden states: (B, L, H) -> (B, H).
+
+    ``pooling="mean"``: mean over positions whose token is not in ``special`` (1-D tensor of token
+    ids; pass the dictionary's special ids) and, with ``mask`` (B, L), not padding. ``"cls"``: the
+    state at position 0 (``<cls>`` in V2 dictionaries).
+    """
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling != "mean":
+        raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    keep = ~torch.isin(ids, special.to(ids.device))
+    if mask is not None:
+        keep &= mask.bool()
+    w = keep.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+def special_tensor(vocab, device=None) -> torch.Tensor:
+    """The dictionary's special token ids as a 1-D long tensor (for :func:`pool`)."""
+    return torch.tensor(sorted(vocab.special_ids), dtype=torch.long, device=device)
+
+
+# ------------------------------------------------------------------------------------------------
+# the one dataset check
+# ------------------------------------------------------------------------------------------------
+def input_ids_of(dataset) -> list:
+    """``input_ids`` of a tokenized :class:`datasets.Dataset`, or the list of token id lists given."""
+    if hasattr(dataset, "column_names"):
+        if "input_ids" not in dataset.column_names:
+            raise InputDataError("the dataset has no input_ids column; tokenize it with netformer tokenize first")
+        return dataset["input_ids"]
+    return list(dataset)
+
+
+def check_dataset(dataset, vocab_size: int, what: str = "the dataset") -> list:
+    """The one dataset-vs-model check; returns the cells' token id lists.
+
+    Checks that there is at least one cell, that no cell is empty, and that every token id is below
+    the model's ``vocab_size``. (Which dictionary the cells were tokenized with is compared by content
+    in :func:`netformer.genes.resolve_vocab`.)
+
+    Raises
+    ------
+    InputDataError
+        No cell, no ``input_ids`` column, or empty cells (named by index).
+    DictionaryError
+        A token id beyond the model's vocabulary.
+    """
+    seqs = input_ids_of(dataset)
+    if len(seqs) == 0:
+        raise InputDataError(f"{what} holds no cell; tokenize cells with netformer tokenize first")
+    empty = [i for i, s in enumerate(seqs) if len(s) == 0]
+    if empty:
+        raise InputDataError(f"{what} holds {len(empty)} cell(s) without tokens (e.g. index {empty[:5]}); "
+                             "re-tokenize with netformer tokenize, which skips cells with no dictionary gene")
+    top = max(max(s) for s in seqs)
+    if top >= vocab_size:
+        raise DictionaryError(
+            f"{what} holds token id {top} but the model's vocabulary has {vocab_size} tokens; "
+            "tokenize the cells with the dictionary the model was trained on"
+        )
+    return seqs
+
+
+# ------------------------------------------------------------------------------------------------
+# many cells through the encoder
+# ------------------------------------------------------------------------------------------------
+def iter_hidden(
+    model,
+    seqs: Sequence[Sequence[int]],
+    layer: int = -2,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    desc: str = "embedding",
+) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Run the encoder, truncated at ``layer``, over cells in length-sorted batches.
+
+    Yields ``(indices, hidden, input_ids, attention_mask)`` per batch: ``hidden`` is the
+    (batch, length, hidden) float32 state at ``layer`` on the model's device, ``indices`` the positions
+    of the batch's cells in ``seqs``. ``max_length`` defaults to the model's input size; ``dtype``
+    (e.g. ``torch.bfloat16``) is an autocast dtype used on CUDA only. Runs under ``inference_mode``.
+    """
+    from tqdm.auto import tqdm
+
+    base = base_model(model)
+    dev = model_device(base, device)
+    base.eval()
+    max_len = min(max_length or base.config.max_position_embeddings, base.config.max_position_embeddings)
+    pad = base.config.pad_token_id or 0
+    autocast = (torch.autocast(device_type="cuda", dtype=dtype) if dtype is not None and dev.type == "cuda"
+                else contextlib.nullcontext())
+    batches = length_sorted_batches([len(s) for s in seqs], batch_size)
+    with torch.inference_mode(), truncated_encoder(base, layer), autocast:
+        for idx in tqdm(batches, desc=desc, unit="batch", disable=None, leave=False):
+            ids, mask = pad_batch([seqs[i] for i in idx], pad, max_len)
+            ids, mask = ids.to(dev), mask.to(dev)
+            hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
+            yield idx, hidden.float(), ids, mask
