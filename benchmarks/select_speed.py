@@ -18,7 +18,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from netformer.select import Selector, lazy_greedy, load_edge_list, plain_greedy
+from netformer.graphs import load_edge_list
+from netformer.select import Selector, lazy_greedy, plain_greedy
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""GO graph built from gene2go vs the shipped precomputed GEARS-style graph; co-expression graph."""
+"""GO graph built from gene2go vs the precomputed GEARS-style graph of the shared data folder; co-expression graph."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from netformer.errors import InputDataError
-from netformer.perturbseq.graphs import (
+from netformer.graphs import (
+    GeneGraph,
     coexpression_graph,
-    gcn_normalized_adjacency,
+    gcn_normalize,
     go_graph,
     go_graph_from_annotations,
     load_edges,
@@ -89,7 +90,7 @@ def test_coexpression_graph(shared_data):
         assert by_target.get(data.genes[j], set()) == expect
     # HBZ and HBG2 (globins, co-induced in K562) are co-expression neighbours
     assert "HBG2" in by_target["HBZ"]
-    A = gcn_normalized_adjacency(edges, data.genes)
+    A = gcn_normalize(GeneGraph.from_edges(edges, data.genes).adjacency)
     assert A.shape == (500, 500) and (A.diagonal() > 0).all()  # self loops added where missing
     deg = np.asarray(A.sum(1)).ravel()
     assert np.all(deg > 0)

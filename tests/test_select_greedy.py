@@ -9,18 +9,16 @@ import pandas as pd
 import pytest
 
 from netformer.errors import ConfigError, CorruptFileError, GeneIdError
+from netformer.graphs import gcn_normalize, load_edge_list, propagation_operator
 from netformer.select import (
     BudgetError,
     GraphReachCoverage,
     GraphReachFacility,
     MaxSpec,
     Selector,
-    gcn_normalize,
     lazy_greedy,
-    load_edge_list,
     pagerank_scores,
     plain_greedy,
-    propagation_operator,
     resolve_candidates,
     select,
 )

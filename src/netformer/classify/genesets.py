@@ -12,13 +12,12 @@ non-TFs.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
-from ..errors import InputDataError
 from ..genes import GeneVocab, symbol_to_ensembl
+from ..graphs import read_gene2go
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +27,10 @@ log = logging.getLogger(__name__)
 TF_GO_TERMS = ("GO:0003700", "GO:0000981", "GO:0001228", "GO:0001227", "GO:0001216", "GO:0001217", "GO:0098531")
 
 
-def read_gene2go(path: str | Path | None = None) -> pd.DataFrame:
-    """Read a gene -> GO table (tab-separated, columns ``symbol``, ``go_id``, ...). Default: the
-    shared ``graphs/gene2go_orgHsEgDb_3.16.tsv.gz``."""
-    if path is None:
-        from ..datasets import shared_data_dir
-
-        path = shared_data_dir() / "graphs" / "gene2go_orgHsEgDb_3.16.tsv.gz"
-    df = pd.read_csv(path, sep="\t")
-    if not {"symbol", "go_id"} <= set(df.columns):
-        raise InputDataError(f"{path} needs columns symbol and go_id; it has {list(df.columns)}")
-    return df
-
-
 def go_gene_set(go_ids: Iterable[str], gene2go: pd.DataFrame) -> set[str]:
-    """Symbols annotated with any of ``go_ids``."""
-    return set(gene2go.loc[gene2go["go_id"].isin(list(go_ids)), "symbol"].astype(str))
+    """Symbols annotated with any of ``go_ids``; ``gene2go`` has columns ``gene, go_id``
+    (:func:`netformer.graphs.read_gene2go`)."""
+    return set(gene2go.loc[gene2go["go_id"].isin(list(go_ids)), "gene"].astype(str))
 
 
 def tf_gene_labels(vocab: GeneVocab, gene2go: pd.DataFrame | None = None, terms: Iterable[str] = TF_GO_TERMS,
@@ -51,12 +38,14 @@ def tf_gene_labels(vocab: GeneVocab, gene2go: pd.DataFrame | None = None, terms:
     """Labels ``"TF"`` / ``"non-TF"`` for the genes of ``vocab`` that carry GO annotations.
 
     Symbols are mapped to the vocabulary's Ensembl ids with GENCODE
-    (:func:`netformer.genes.symbol_to_ensembl`). Returns ``{ensembl_id: label}``; restrict to
+    (:func:`netformer.genes.symbol_to_ensembl`). ``gene2go``: DataFrame ``gene, go_id``, default
+    :func:`netformer.graphs.read_gene2go` of the shared data folder's org.Hs.eg.db table (raises
+    :class:`~netformer.errors.InputDataError` if that folder is not found). Returns ``{ensembl_id: label}``; restrict to
     expressed genes by fitting on tokenized cells (genes that never occur are left out there).
     """
     gene2go = read_gene2go() if gene2go is None else gene2go
     tf = go_gene_set(terms, gene2go)
-    annotated = set(gene2go["symbol"].astype(str))
+    annotated = set(gene2go["gene"].astype(str))
     ens = symbol_to_ensembl(sorted(annotated), species=species)
     out: dict[str, str] = {}
     for sym, e in ens.items():

@@ -4,20 +4,20 @@ Architecture after GEARS (Roohani, Huang and Leskovec, "Predicting transcription
 novel multigene perturbations with GEARS", Nat Biotechnol 2024; upstream ``gears/model.py``):
 
 1. Gene embeddings ``E`` (n_genes x h), plus ``0.2 x`` a positional embedding smoothed by graph
-   layers over the co-expression graph (:func:`~netformer.perturbseq.graphs.coexpression_graph`,
+   layers over the co-expression graph (:func:`~netformer.graphs.coexpression_graph`,
    |Pearson| > 0.4, top 20), then an MLP.
 2. Perturbation embeddings over the GO graph's nodes, propagated by graph layers over the GO graph
-   (:func:`~netformer.perturbseq.graphs.go_graph`, Jaccard > 0.1, top 20 + self). A cell's
+   (:func:`~netformer.graphs.go_graph`, Jaccard > 0.1, top 20 + self). A cell's
    perturbation embedding is the sum over its perturbed genes, passed through an MLP
    (``pert_fuse``) and added to every gene's embedding.
 3. A shared MLP, then gene-specific linear decoders (one weight vector per gene), a cross-gene MLP
    over all genes' outputs whose state is fed back to gene-specific decoders, and a residual:
    predicted expression = decoder output + the input control cell's expression.
 
-Graph layers are SGConv with K = 1 (``H' = Linear(A_hat H)``, ``A_hat`` GCN-normalised; see
-:func:`~netformer.perturbseq.graphs.gcn_normalized_adjacency`). Loss: GEARS's autofocus loss
-``mean |pred - y|^(2 + gamma)`` over the perturbation's non-dropout genes (genes with non-zero mean
-in that condition), averaged per perturbation within the batch, plus a direction term
+Graph layers are SGConv with K = 1 (``H' = Linear(A_hat H)``, ``A_hat`` GCN-normalised by
+:func:`~netformer.graphs.gcn_normalize`, the operator one-shot selection uses too). Loss: GEARS's
+autofocus loss ``mean |pred - y|^(2 + gamma)`` over the perturbation's non-dropout genes (genes with
+non-zero mean in that condition), averaged per perturbation within the batch, plus a direction term
 ``lambda * mean (sign(mean_c - ctrl) - tanh((pred - ctrl) / tau))^2``. Two changes from upstream,
 which uses ``(sign(y - ctrl) - sign(pred - ctrl))^2``: ``sign(pred - ctrl)`` has zero gradient, so
 upstream's term never trains; the ``tanh`` surrogate does (``tau -> 0`` recovers the sign). And
@@ -48,8 +48,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, InputDataError
+from ..graphs import GeneGraph, coexpression_graph, gcn_normalize, go_graph
 from .data import CONTROL, PerturbData, condition_genes
-from .graphs import coexpression_graph, gcn_normalized_adjacency, go_graph
 from .models import PerturbationModel
 
 log = logging.getLogger(__name__)
@@ -357,8 +357,9 @@ class GEARSModel(PerturbationModel):
         :class:`GEARSConfig` (defaults GEARS's); keyword overrides are applied on top, e.g.
         ``GEARSModel(epochs=5, seed=1)``.
     go_graph
-        GO graph: edge DataFrame, edge-list / annotation file, or ``None`` for the shipped
-        ``go_top20_jaccard_orgHsEgDb_3.16`` graph (see :func:`netformer.perturbseq.graphs.go_graph`).
+        GO graph: edge DataFrame, edge-list / annotation file, or ``None`` for the precomputed
+        ``go_top20_jaccard_orgHsEgDb_3.16`` graph of the shared data folder (see
+        :func:`netformer.graphs.go_graph`).
     candidate_genes
         Genes whose perturbations may later be predicted besides those in the data; they are
         added as GO nodes at fit time. Genes unknown at predict time get a zero perturbation
@@ -404,7 +405,7 @@ class GEARSModel(PerturbationModel):
         ``wanted`` rows after ``num_go_layers`` layers (their inputs lie inside the closure).
         """
         all_nodes = pd.unique(np.concatenate([edges["source"].to_numpy(str), edges["target"].to_numpy(str), np.asarray(wanted, dtype=str)]))
-        A = gcn_normalized_adjacency(edges, all_nodes)
+        A = gcn_normalize(GeneGraph.from_edges(edges, all_nodes).adjacency)
         index = pd.Index(all_nodes)
         keep = set(index.get_indexer(wanted))
         frontier = np.array(sorted(keep))
@@ -434,7 +435,7 @@ class GEARSModel(PerturbationModel):
         # co-expression graph on training cells
         sub = X if len(X) <= cfg.coexpress_max_cells else X[np.sort(rng.choice(len(X), cfg.coexpress_max_cells, replace=False))]
         co_edges = coexpression_graph(sub, data.genes, threshold=cfg.coexpress_threshold, k=cfg.coexpress_k)
-        A_co = gcn_normalized_adjacency(co_edges, data.genes)
+        A_co = gcn_normalize(GeneGraph.from_edges(co_edges, data.genes).adjacency)
         # GO graph over the genes that can be perturbed
         edges = go_graph(self.go_graph)
         wanted = list(dict.fromkeys(data.perturbed_genes + [g for c in train for g in condition_genes(c)] + self.candidate_genes))

@@ -198,14 +198,14 @@ class RidgeModel(PerturbationModel):
 
     * ``'go'`` (default): the gene's GO-graph neighbourhood: row ``u`` of ``A_hat^hops`` restricted
       to the training genes (``A_hat`` the GCN-normalised GO graph,
-      :func:`~netformer.perturbseq.graphs.gcn_normalized_adjacency`), so a held-out gene is
+      :func:`~netformer.graphs.gcn_normalize`), so a held-out gene is
       described by its GO similarity to the measured ones. The paper uses PCA of the data for
       measured genes and external embeddings for others; the GO graph is the external source here.
     * ``'pca'``: the gene's row of ``G`` (only for perturbed genes that are measured; others get 0).
     * a DataFrame (genes x d) of user embeddings.
 
     A double's embedding is the sum of its genes' embeddings. ``go_graph``: edge DataFrame or
-    path (default: the shipped GO graph, :func:`~netformer.perturbseq.graphs.load_edges`).
+    path (default: the GO graph of the shared data folder, :func:`~netformer.graphs.go_graph`).
 
     ``embed`` returns ``P`` rows.
     """
@@ -261,11 +261,11 @@ class RidgeModel(PerturbationModel):
         if self.pert_embedding == "pca":
             self._table = pd.DataFrame(self.G_, index=data.genes)
             return
-        from .graphs import gcn_normalized_adjacency, go_graph
+        from ..graphs import GeneGraph, gcn_normalize, go_graph
 
         edges = go_graph(self.go_graph) if not isinstance(self.go_graph, pd.DataFrame) else self.go_graph
         nodes = pd.unique(np.concatenate([edges["source"].to_numpy(str), edges["target"].to_numpy(str)]))
-        A = gcn_normalized_adjacency(edges, nodes)
+        A = gcn_normalize(GeneGraph.from_edges(edges, nodes).adjacency)
         self._A = ((A + A.T) * 0.5).tocsr()
         self._node_index = pd.Index(nodes)
         anchors = sorted({g for c in train for g in condition_genes(c)})

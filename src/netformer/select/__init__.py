@@ -13,17 +13,7 @@ from .criteria import (
     degree_scores,
     pagerank_scores,
 )
-from .graph import (
-    BudgetError,
-    CandidatePool,
-    GeneGraph,
-    check_budget,
-    default_go_graph_path,
-    gcn_normalize,
-    load_edge_list,
-    propagation_operator,
-    resolve_candidates,
-)
+from .candidates import BudgetError, CandidatePool, check_budget, resolve_candidates
 from .greedy import (
     METHODS,
     GreedyTrace,
@@ -36,8 +26,7 @@ from .greedy import (
 )
 
 __all__ = [
-    "BudgetError", "CandidatePool", "Criterion", "GeneGraph", "GraphReachCoverage", "GraphReachFacility",
+    "BudgetError", "CandidatePool", "Criterion", "GraphReachCoverage", "GraphReachFacility",
     "GreedyTrace", "METHODS", "MaxSpec", "SelectConfig", "SelectionResult", "Selector", "check_budget",
-    "default_go_graph_path", "degree_scores", "gcn_normalize", "lazy_greedy", "load_edge_list",
-    "pagerank_scores", "plain_greedy", "propagation_operator", "resolve_candidates", "select",
+    "degree_scores", "lazy_greedy", "pagerank_scores", "plain_greedy", "resolve_candidates", "select",
 ]

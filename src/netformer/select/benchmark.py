@@ -25,12 +25,13 @@ import pandas as pd
 
 from .._io import atomic_file
 from ..errors import ConfigError
+from ..graphs import GeneGraph
 from .active import STRATEGIES, ActiveConfig, go_kernel, run_active_learning
-from .graph import GeneGraph
 from .greedy import METHODS, Selector
 
 log = logging.getLogger(__name__)
 
+MODELS = ("ridge", "additive", "train_mean", "gears")  # outcome models of model_factory
 PUBLISHED_LABEL = "published: IterPert (Huang et al. 2024), Replogle K562 essential, GEARS"
 
 
@@ -91,7 +92,7 @@ def model_factory(name: str, edges: pd.DataFrame | None = None, n_layers: int = 
         from ..perturbseq.gears import GEARSModel
 
         return lambda: GEARSModel(**{"go_graph": edges, "num_go_layers": n_layers, **kw})
-    raise ConfigError(f"unknown model {name!r}; choose ridge, additive, train_mean or gears.")
+    raise ConfigError(f"unknown model {name!r}; choose one of {MODELS}.")
 
 
 def _jaccard(sets: list[set]) -> float:
@@ -110,7 +111,7 @@ def run_benchmark(data, graph: GeneGraph, pool: Sequence[str], test: Sequence[st
     data : PerturbData holding the pool and test perturbations.
     graph : GeneGraph used for one-shot selection (and the GO prior kernel).
     pool, test : condition names; pool genes absent from the graph are dropped (logged).
-    edges : edge DataFrame passed to graph-based models (default: the shipped GO graph).
+    edges : edge DataFrame passed to graph-based models (default: the GO graph of the shared data folder).
     prior_kernels : extra IterPert priors {name: (c, c)} in sorted pool order (the GO kernel is added).
     setting : label written in every row (e.g. ``SEMI-SYNTHETIC ...`` or ``real: devel.h5ad``).
 
@@ -299,7 +300,7 @@ def benchmark_file(path: str | Path, config: BenchmarkConfig, *, graph_path: str
     does not fit the pool.
     """
     from ..perturbseq.data import read_perturbseq
-    from .graph import load_edge_list
+    from ..graphs import go_graph, load_edge_list
 
     data = read_perturbseq(path, subset=subset) if subset else read_perturbseq(path)
     graph = load_edge_list(graph_path)
@@ -312,8 +313,6 @@ def benchmark_file(path: str | Path, config: BenchmarkConfig, *, graph_path: str
     pool = sorted(set(singles) - set(test_s))
     test = test_s + sorted(data.doubles)
     priors = _expression_prior(pool) if expression_prior and "iterpert" in config.strategies else None
-    from ..perturbseq.graphs import go_graph
-
     edges = go_graph(graph_path) if graph_path is not None else None
     setting = f"real: {Path(path).name}{' ' + str(subset) if subset else ''} ({len(pool)} pool / {len(test)} test)"
     return run_benchmark(data, graph, pool, test, config, edges=edges, prior_kernels=priors, setting=setting)

@@ -29,6 +29,7 @@ import pandas as pd
 
 from .._io import atomic_file
 from ..errors import ConfigError
+from ..graphs import GeneGraph, propagation_operator
 from .criteria import (
     Criterion,
     GraphReachCoverage,
@@ -38,7 +39,7 @@ from .criteria import (
     pagerank_scores,
     ranking_order,
 )
-from .graph import CandidatePool, GeneGraph, check_budget, propagation_operator, resolve_candidates
+from .candidates import CandidatePool, check_budget, resolve_candidates
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +327,8 @@ def select(graph: GeneGraph, budget: int, candidates: Iterable[str] | None = Non
 
     Example
     -------
-    >>> g = load_edge_list()                       # shipped GO graph
+    >>> from netformer.graphs import load_edge_list
+    >>> g = load_edge_list()                       # GO graph of the shared data folder
     >>> res = select(g, 100, method="graphreach")  # GraphReach coverage, lazy greedy, L = 1
     >>> res.to_frame().head()
     """

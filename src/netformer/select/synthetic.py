@@ -37,7 +37,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import ConfigError, InputDataError
-from .graph import GeneGraph, gcn_normalize, load_edge_list
+from ..graphs import GeneGraph, gcn_normalize, load_edge_list
 
 log = logging.getLogger(__name__)
 
