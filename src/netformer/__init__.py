@@ -7,6 +7,18 @@ Two halves sharing genes, graphs and data handling:
 - design of Perturb-seq experiments (GEARS-style outcome models, baselines, one-shot GraphReach
   selection and active learning).
 
+Front door, scanpy style::
+
+    import netformer as nf
+    nf.tl.embed(adata, "model_dir")            # adata.obsm["X_netformer"], adata.uns["X_netformer"]
+    nf.pl.umap(adata, color="cell_type")
+
+``nf.pp`` (dictionary, tokenization), ``nf.tl`` (embed cells/genes, annotate, classify, perturb into
+the AnnData), ``nf.pl`` (UMAP, loss, ranked shifts, coverage; never switching the Matplotlib backend).
+Names: ``perturb`` is in silico perturbation with the foundation model (Geneformer's term),
+``perturbseq`` is measured Perturb-seq data and its outcome models, ``select`` chooses which
+perturbations to measure.
+
 Submodules are imported on first use so that ``import netformer`` stays light.
 """
 
@@ -16,10 +28,14 @@ import importlib
 
 __version__ = "0.1.0"
 
+# The scanpy-style front door (``nf.pp``, ``nf.tl``, ``nf.pl``) and every submodule, imported on first use.
 _LAZY = {
-    "genes", "tokenize", "model", "pretrain", "embed", "annotate", "datasets", "classify",
-    "perturb", "perturbseq", "select", "errors", "report",
+    "pp", "tl", "pl",
+    "genes", "readers", "tokenize", "model", "encoder", "pretrain", "embed", "annotate", "datasets", "classify",
+    "integration", "perturb", "perturbseq", "graphs", "select", "errors", "report",
 }
+
+__all__ = ["__version__", "demo", *sorted(_LAZY)]
 
 
 def demo(*args, **kwargs):
@@ -33,3 +49,7 @@ def __getattr__(name: str):
     if name in _LAZY:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'netformer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY)

@@ -73,3 +73,24 @@ def atomic_file(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6, 4), **subplots_kw):
+    """A Matplotlib figure and its axes, made without pyplot: ``(Figure, Axes or array of Axes)``.
+
+    The figure is not registered with pyplot, so making and saving it never switches the caller's
+    backend, opens a window or leaks figures in a notebook (save it with :func:`save_figure`, or
+    display it: Jupyter shows a returned ``Figure``).
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **subplots_kw)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Write ``fig`` as a PNG to ``path`` atomically (temporary file, then rename); returns the path."""
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    return Path(path)

@@ -182,27 +182,28 @@ def pca_baseline(adata, n_comps: int = 50, seed: int = 0) -> np.ndarray:
 def umap_plot(
     emb: np.ndarray,
     labels: Sequence,
-    path: str | Path,
+    path: str | Path | None,
     title: str = "cell embeddings",
     seed: int = 0,
     coords: np.ndarray | None = None,
+    ax=None,
 ) -> np.ndarray:
-    """UMAP of an embedding coloured by ``labels``, written to a PNG; returns the 2-D coords."""
+    """UMAP (umap-learn, cosine metric, 15 neighbours, seeded) of an (n_cells, dims) embedding coloured
+    by ``labels``, drawn on ``ax`` or a new figure (no pyplot) and written to a PNG at ``path`` when
+    given. Legends name each label with its cell count. Returns the (n_cells, 2) coordinates
+    (``coords`` skips the UMAP fit)."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ._io import atomic_file
+    from ._io import new_figure, save_figure
 
     if coords is None:
         import umap
 
         coords = umap.UMAP(n_neighbors=15, min_dist=0.3, metric="cosine", random_state=seed).fit_transform(emb)
     labels = pd.Series(list(labels)).astype(str).replace("nan", "unlabelled")
-    fig, ax = plt.subplots(figsize=(7, 5.5))
+    fig, ax = new_figure(figsize=(7, 5.5)) if ax is None else (ax.figure, ax)
     cats = sorted(labels.unique())
-    cmap = plt.get_cmap("tab20" if len(cats) > 10 else "tab10")
+    cmap = matplotlib.colormaps["tab20" if len(cats) > 10 else "tab10"]
     for i, c in enumerate(cats):
         m = (labels == c).to_numpy()
         ax.scatter(coords[m, 0], coords[m, 1], s=4, color=cmap(i % cmap.N), label=f"{c} ({m.sum()})")
@@ -210,8 +211,6 @@ def umap_plot(
     ax.set_ylabel("UMAP 2")
     ax.set_title(title)
     ax.legend(markerscale=3, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    if path is not None:
+        save_figure(fig, path)
     return coords

@@ -17,6 +17,10 @@ class InputDataError(NetformerError, ValueError):
     """The input data (counts, AnnData layout, obs/var columns) cannot be used as given."""
 
 
+class MissingFileError(InputDataError, FileNotFoundError):
+    """An input file or folder does not exist."""
+
+
 class GeneIdError(InputDataError):
     """Gene identifiers are of the wrong kind (symbols instead of Ensembl ids), duplicated or unmapped."""
 

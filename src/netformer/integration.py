@@ -35,7 +35,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ._io import atomic_file
+from ._io import atomic_file, new_figure, save_figure
 from .errors import ConfigError, InputDataError
 
 log = logging.getLogger(__name__)
@@ -208,20 +208,17 @@ def integration_umap(embeddings: Mapping[str, np.ndarray], batch: Sequence, labe
                      path: str | Path, seed: int = 0) -> Path:
     """One PNG: a UMAP per embedding (rows), coloured by batch (left) and by cell type (right)."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import umap
 
     batch = np.asarray(batch).astype(str)
     labels = np.asarray(labels).astype(str)
-    fig, axes = plt.subplots(len(embeddings), 2, figsize=(12, 5 * len(embeddings)), squeeze=False)
+    fig, axes = new_figure(len(embeddings), 2, figsize=(12, 5 * len(embeddings)), squeeze=False)
     for row, (name, emb) in enumerate(embeddings.items()):
         xy = umap.UMAP(n_neighbors=15, min_dist=0.3, random_state=seed).fit_transform(np.asarray(emb))
         for col, (what, lab) in enumerate((("batch", batch), ("cell type", labels))):
             ax = axes[row, col]
             cats = sorted(np.unique(lab))
-            cmap = plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")
+            cmap = matplotlib.colormaps["tab10" if len(cats) <= 10 else "tab20"]
             for i, c in enumerate(cats):
                 m = lab == c
                 ax.scatter(xy[m, 0], xy[m, 1], s=3, color=cmap(i % cmap.N), label=f"{c} ({m.sum()})")
@@ -229,11 +226,7 @@ def integration_umap(embeddings: Mapping[str, np.ndarray], batch: Sequence, labe
             ax.set_xticks([])
             ax.set_yticks([])
             ax.legend(markerscale=3, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=100)
 
 
 # ------------------------------------------------------------------------------------------------

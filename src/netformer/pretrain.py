@@ -267,22 +267,21 @@ def initial_mlm_loss(vocab_size: int) -> float:
     return math.log(vocab_size)
 
 
-def plot_loss(history: list[dict], path: str | Path, title: str = "masked gene prediction loss") -> None:
-    """Training loss against step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_loss(history: list[dict], path: str | Path | None = None, title: str = "masked gene prediction loss",
+              ax=None):
+    """Training loss against optimisation step (``history``: ``PretrainResult.loss_history``, dicts with
+    ``step`` and ``loss``). Draws on ``ax`` or a new figure; with ``path`` also writes a PNG. Returns the
+    Matplotlib figure (made without pyplot; the backend is never switched)."""
+    from ._io import new_figure, save_figure
 
     steps = np.array([h["step"] for h in history])
     loss = np.array([h["loss"] for h in history])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(6, 4)) if ax is None else (ax.figure, ax)
     ax.plot(steps, loss, marker="o", ms=3)
     ax.set_xlabel("optimisation step")
     ax.set_ylabel("masked-token cross-entropy (nats)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    if path is not None:
+        save_figure(fig, path)
+    return fig

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .errors import CorruptFileError, InputDataError
+from .errors import CorruptFileError, InputDataError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +73,23 @@ class CountSource:
             yield rows, block
 
 
-def _h5_like(group, name: str, close: Callable[[], None] | None) -> CountSource:
+def _h5_like(group, name: str, close: Callable[[], None] | None, layer: str | None = None) -> CountSource:
     from anndata.io import read_elem, sparse_dataset
 
     try:
         obs = read_elem(group["obs"])
         var = read_elem(group["var"])
-        x = group["X"]
     except KeyError as exc:
         raise CorruptFileError(f"{name} lacks {exc}; it is not a complete AnnData file") from exc
+    if layer is None:
+        if "X" not in group:
+            raise CorruptFileError(f"{name} has no X; it is not a complete AnnData file (or pass layer=)")
+        x = group["X"]
+    else:
+        layers = list(group["layers"].keys()) if "layers" in group else []
+        if layer not in layers:
+            raise InputDataError(f"{name} has no layer {layer!r}; its layers are {layers}")
+        x = group["layers"][layer]
     if hasattr(x, "attrs") and x.attrs.get("encoding-type", "") in ("csr_matrix", "csc_matrix"):
         ds = sparse_dataset(x)
         if ds.format == "csc":
@@ -96,10 +104,15 @@ def _h5_like(group, name: str, close: Callable[[], None] | None) -> CountSource:
     return CountSource(obs, var, int(shape[0]), int(shape[1]), name, reader)
 
 
-def _from_anndata(adata: ad.AnnData) -> CountSource:
-    x = adata.X
+def _from_anndata(adata: ad.AnnData, layer: str | None = None) -> CountSource:
+    if layer is not None:
+        if layer not in adata.layers:
+            raise InputDataError(f"the AnnData has no layer {layer!r}; its layers are {list(adata.layers)}")
+        x = adata.layers[layer]
+    else:
+        x = adata.X
     if x is None:
-        raise InputDataError("AnnData has no X; put raw counts in X (or copy them from a layer)")
+        raise InputDataError("AnnData has no X; put raw counts in X or name the counts layer (layer=...)")
     return CountSource(
         adata.obs, adata.var, adata.n_obs, adata.n_vars, "<AnnData>", lambda i, j: x[i:j]
     )
@@ -123,7 +136,7 @@ def _loom(path: Path, stack: contextlib.ExitStack) -> CountSource:
 
 
 @contextlib.contextmanager
-def open_counts(source: str | Path | ad.AnnData) -> Iterator[CountSource]:
+def open_counts(source: str | Path | ad.AnnData, layer: str | None = None) -> Iterator[CountSource]:
     """Open a count matrix for chunked reading.
 
     Parameters
@@ -131,10 +144,12 @@ def open_counts(source: str | Path | ad.AnnData) -> Iterator[CountSource]:
     source
         Path to ``.h5ad`` (read backed through h5py), ``.zarr`` (a directory), ``.loom``, or an
         in-memory :class:`anndata.AnnData`.
+    layer
+        Read counts from ``layers[layer]`` instead of ``X`` (h5ad, zarr, AnnData; e.g. ``"counts"``).
 
     Raises
     ------
-    FileNotFoundError
+    MissingFileError
         If the path does not exist.
     CorruptFileError
         If the file is truncated or not a valid AnnData / loom file.
@@ -142,11 +157,11 @@ def open_counts(source: str | Path | ad.AnnData) -> Iterator[CountSource]:
         For an unsupported extension.
     """
     if isinstance(source, ad.AnnData):
-        yield _from_anndata(source)
+        yield _from_anndata(source, layer)
         return
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise MissingFileError(f"{path} does not exist; check the path of the count file")
     suffix = path.suffix.lower()
     with contextlib.ExitStack() as stack:
         if suffix == ".h5ad":
@@ -159,7 +174,7 @@ def open_counts(source: str | Path | ad.AnnData) -> Iterator[CountSource]:
                     f"{path} cannot be opened as HDF5 ({exc}); the file is truncated or not an .h5ad. "
                     "Re-download or re-write it."
                 ) from exc
-            src = _h5_like(f, path.name, None)
+            src = _h5_like(f, path.name, None, layer)
         elif suffix == ".zarr":
             import zarr
 
@@ -167,8 +182,10 @@ def open_counts(source: str | Path | ad.AnnData) -> Iterator[CountSource]:
                 g = zarr.open_group(str(path), mode="r")
             except Exception as exc:
                 raise CorruptFileError(f"{path} cannot be opened as a zarr AnnData store ({exc})") from exc
-            src = _h5_like(g, path.name, None)
+            src = _h5_like(g, path.name, None, layer)
         elif suffix == ".loom":
+            if layer is not None:
+                raise InputDataError("layer= is supported for .h5ad, .zarr and AnnData, not .loom")
             src = _loom(path, stack)
         else:
             raise InputDataError(f"unsupported file type {suffix!r} for {path}; use .h5ad, .zarr or .loom")

@@ -80,6 +80,8 @@ class TokenizerConfig:
         file over all genes (the same definition) and a warning is logged.
     check_counts
         Raise on NaN, infinite, negative or non-integer counts (default True).
+    layer
+        Read the counts from ``layers[layer]`` (e.g. ``"counts"``) instead of ``X``.
     """
 
     model_input_size: int = 2048
@@ -91,6 +93,7 @@ class TokenizerConfig:
     filter_column: str | None = "filter_pass"
     n_counts_column: str = "n_counts"
     check_counts: bool = True
+    layer: str | None = None
 
     def __post_init__(self) -> None:
         if self.model_input_size < 3:
@@ -288,7 +291,7 @@ class TranscriptomeTokenizer:
         if np.issubdtype(data.dtype, np.floating) and not np.all(data == np.round(data)):
             raise InputDataError(
                 f"{name}: counts are not integers (near cell {first_row}); the rank value encoding expects raw "
-                "UMI counts (adata.raw or layers['counts']). Pass check_counts=False to tokenize anyway."
+                "UMI counts: name the layer that holds them (Python: layer='counts'; CLI: --layer counts)"
             )
 
     # -- encoding ------------------------------------------------------------------------------
@@ -368,7 +371,7 @@ class TranscriptomeTokenizer:
         The per-source :class:`TokenizeSummary` is merged into ``self.summary``.
         """
         summary = TokenizeSummary()
-        with open_counts(source) as src:
+        with open_counts(source, self.config.layer) as src:
             yield from self._encode_source(src, summary)
         self.summary = self.summary.merge(summary)
 
@@ -482,6 +485,7 @@ def build_vocab(
     special_tokens: Sequence[str] = ("<pad>", "<mask>", "<cls>", "<eos>"),
     chunk_size: int = 2048,
     name: str = "custom",
+    layer: str | None = None,
 ) -> GeneVocab:
     """Build a token dictionary and gene median dictionary from a corpus of count files.
 
@@ -495,6 +499,8 @@ def build_vocab(
     ----------
     sources
         Paths (.h5ad/.zarr/.loom) or AnnData objects of raw counts.
+    layer
+        Read the counts from ``layers[layer]`` instead of ``X``.
 
     Returns
     -------
@@ -505,7 +511,7 @@ def build_vocab(
         sources = [sources]
     gene_vals: dict[str, list[np.ndarray]] = {}
     for source in sources:
-        with open_counts(source) as src:
+        with open_counts(source, layer) as src:
             ids = np.array([None if i is None else i.upper() for i in select_gene_ids(src.var, gene_id_column, src.name)], dtype=object)
             ok = np.array([i is not None for i in ids])
             used, col = np.unique(ids[ok].astype(str), return_inverse=True)

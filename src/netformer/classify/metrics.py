@@ -1,5 +1,6 @@
 """Classification metrics and plots: accuracy, macro-F1, per-class precision/recall, confusion
-matrix, ROC/AUC for binary tasks (scikit-learn definitions), PNGs via matplotlib (Agg)."""
+matrix, ROC/AUC for binary tasks (scikit-learn definitions), PNGs via matplotlib (no pyplot, the
+caller's backend is never switched)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .._io import atomic_file
+from .._io import new_figure, save_figure
 
 
 @dataclass
@@ -80,22 +81,12 @@ def classification_metrics(
     return Metrics(float(accuracy_score(y_true, y_pred)), macro_f1, auc, per_class, cm, n=len(y_true))
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_confusion(confusion: pd.DataFrame, path: str | Path, title: str = "confusion matrix") -> Path:
     """Row-normalised confusion matrix heat map (counts annotated) as a PNG."""
-    plt = _plt()
     cm = confusion.to_numpy().astype(float)
     frac = cm / np.clip(cm.sum(1, keepdims=True), 1, None)
     k = len(confusion)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k + 2, 1.0 + 0.6 * k + 1))
+    fig, ax = new_figure(figsize=(1.0 + 0.6 * k + 2, 1.0 + 0.6 * k + 1))
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(k), confusion.columns, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), confusion.index, fontsize=8)
@@ -107,11 +98,7 @@ def plot_confusion(confusion: pd.DataFrame, path: str | Path, title: str = "conf
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, positive: str,
@@ -119,8 +106,7 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
     """ROC curves of a binary task, one per method: ``{name: (y_true01, score)}`` -> PNG with AUCs."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = new_figure(figsize=(5, 5))
     for name, (y, score) in curves.items():
         fpr, tpr, _ = roc_curve(y, score)
         ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, score):.3f})")
@@ -129,8 +115,4 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
     ax.set_ylabel(f"true positive rate ({positive})")
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=110)

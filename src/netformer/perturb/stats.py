@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._io import atomic_file
+from .._io import atomic_file, new_figure, save_figure
 from ..errors import ConfigError, InputDataError
 
 log = logging.getLogger(__name__)
@@ -218,22 +218,25 @@ def _wrap(title: str, width: int = 70) -> str:
     return "\n".join(textwrap.wrap(title, width)) or title
 
 
-def plot_ranked_shifts(table: pd.DataFrame, path: str | Path, n_label: int = 10, title: str | None = None) -> None:
-    """Mean shift of every tested gene against its rank (PNG, log rank axis).
+def plot_ranked_shifts(table: pd.DataFrame, path: str | Path | None = None, n_label: int = 10,
+                       title: str | None = None, ax=None) -> Path | None:
+    """Mean shift of every tested gene (``table``: :func:`gene_stats`) against its rank, log rank axis.
+
+    Draws on ``ax`` or a new figure; writes a PNG to ``path`` when given. Returns the path (or the
+    figure without ``path``), or None when no gene was tested (the plot is skipped with a log line).
 
     Genes flagged ``impactful`` are coloured; the top ``n_label`` genes are listed in a box. Genes
     perturbed in too few cells to be tested (NaN ``p_vs_pooled``) are left out and counted in the
     legend; their means rest on a handful of cells.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tested = table[table["p_vs_pooled"].notna()] if "p_vs_pooled" in table else table
+    if tested.empty:
+        log.warning("ranked-shift plot skipped: no gene was perturbed in enough cells to be tested "
+                    "(perturb more cells, or lower StatsConfig.min_cells)")
+        return None
     y = tested["mean_shift"].to_numpy()
     x = np.arange(1, len(y) + 1)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = new_figure(figsize=(7, 4.5)) if ax is None else (ax.figure, ax)
     imp = tested["impactful"].to_numpy(bool)
     untested = len(table) - len(tested)
     ax.scatter(x[~imp], y[~imp], s=4, color="0.6",
@@ -250,14 +253,11 @@ def plot_ranked_shifts(table: pd.DataFrame, path: str | Path, n_label: int = 10,
     ax.set_ylabel(f"mean {table['value'].iloc[0] if 'value' in table else 'shift'} over cells")
     ax.set_title(_wrap(title or "in silico perturbation: ranked genes"), fontsize=10)
     ax.legend(fontsize=8, frameon=False, loc="lower left")
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    return save_figure(fig, path) if path is not None else fig
 
 
 def plot_top_genes(results: pd.DataFrame, table: pd.DataFrame, path: str | Path, n: int = 20,
-                   title: str | None = None) -> None:
+                   title: str | None = None) -> Path | None:
     """Per-cell shift distributions (box plots) of the top ``n`` genes of ``table`` (PNG).
 
     Each gene is labelled with the number of cells it was perturbed in, and ``*`` when it is
@@ -265,13 +265,13 @@ def plot_top_genes(results: pd.DataFrame, table: pd.DataFrame, path: str | Path,
     """
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     vals, _ = _values(results, table["value"].iloc[0] if "value" in table else "auto")
     top = table.head(n)
+    if top.empty:
+        log.warning("top-gene plot skipped: the gene table is empty")
+        return None
     data = [vals[results["perturbed"].astype(str) == g].dropna().to_numpy() for g in top["ensembl_id"]]
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(top) + 1.5))
+    fig, ax = new_figure(figsize=(7, 0.3 * len(top) + 1.5))
     # horizontal boxes: ``orientation`` since Matplotlib 3.10, ``vert`` (deprecated in 3.11) before it
     mpl_version = tuple(int(x) for x in matplotlib.__version__.split(".")[:2])
     horizontal = {"orientation": "horizontal"} if mpl_version >= (3, 10) else {"vert": False}
@@ -282,16 +282,14 @@ def plot_top_genes(results: pd.DataFrame, table: pd.DataFrame, path: str | Path,
     ax.axvline(0, color="k", lw=0.5)
     ax.set_xlabel("shift per cell   (n: cells perturbed; *: FDR vs pooled shifts < alpha)")
     ax.set_title(_wrap(title or f"top {len(top)} genes"), fontsize=10)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    return save_figure(fig, path)
 
 
 def write_stats(table: pd.DataFrame, out_dir: str | Path, results: pd.DataFrame | None = None,
                 title: str | None = None) -> dict[str, Path]:
     """Write ``genes.csv``, ``genes.parquet``, ``ranked_shifts.png`` and (with ``results``)
-    ``top_genes.png`` into ``out_dir``, each atomically. Returns the paths."""
+    ``top_genes.png`` into ``out_dir``, each atomically. Returns the paths written (a plot with nothing
+    to show is skipped with a logged line and left out)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "genes.csv", "parquet": out / "genes.parquet", "ranked": out / "ranked_shifts.png"}
@@ -299,8 +297,8 @@ def write_stats(table: pd.DataFrame, out_dir: str | Path, results: pd.DataFrame 
         table.to_csv(tmp, index=False)
     with atomic_file(paths["parquet"]) as tmp:
         table.to_parquet(tmp, index=False)
-    plot_ranked_shifts(table, paths["ranked"], title=title)
-    if results is not None:
+    if plot_ranked_shifts(table, paths["ranked"], title=title) is None:
+        del paths["ranked"]
+    if results is not None and plot_top_genes(results, table, out / "top_genes.png", title=title) is not None:
         paths["top"] = out / "top_genes.png"
-        plot_top_genes(results, table, paths["top"], title=title)
     return paths

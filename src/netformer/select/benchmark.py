@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .._io import atomic_file
+from .._io import new_figure, save_figure
 from ..errors import ConfigError
 from ..graphs import GeneGraph
 from .active import STRATEGIES, ActiveConfig, go_kernel, run_active_learning
@@ -225,18 +225,16 @@ def plot_benchmark(summary: pd.DataFrame, path: str | Path, published: pd.DataFr
     """PNG: mse_top20_de and pearson_delta vs budget per method (mean +- std over seeds), one row of
     panels per setting, plus a panel of the published IterPert curves (labelled published)."""
     import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     settings = list(dict.fromkeys(summary["setting"]))
     ncol = 3 if published is not None else 2
-    fig, axes = plt.subplots(len(settings), ncol, figsize=(5.2 * ncol, 4.2 * len(settings)), squeeze=False)
+    fig, axes = new_figure(len(settings), ncol, figsize=(5.2 * ncol, 4.2 * len(settings)), squeeze=False)
     for i, s in enumerate(settings):
         sub = summary[summary["setting"] == s]
         for j, m in enumerate(["mse_top20_de", "pearson_delta"]):
             ax = axes[i, j]
             names = list(dict.fromkeys(summary["method"]))
-            colors = dict(zip(names, plt.get_cmap("tab10" if len(names) <= 10 else "tab20").colors))
+            colors = dict(zip(names, matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"].colors))
             for (kind, meth), g in sub.groupby(["kind", "method"], sort=False):
                 ax.errorbar(g["budget"], g[f"{m}_mean"], yerr=g[f"{m}_std"], marker="o" if kind == "one-shot" else "s",
                             ms=3, capsize=2, ls="-" if kind == "one-shot" else "--", color=colors[meth],
@@ -248,7 +246,7 @@ def plot_benchmark(summary: pd.DataFrame, path: str | Path, published: pd.DataFr
         axes[i, 0].legend(fontsize=6)
         if published is not None:
             ax = axes[i, 2]
-            pcolors = plt.get_cmap("tab20").colors
+            pcolors = matplotlib.colormaps["tab20"].colors
             for k, (st, g) in enumerate(published.groupby("strategy", sort=False)):
                 ax.errorbar(g["budget"], g["mean"], yerr=g["std"], marker="o", ms=3, capsize=2,
                             color=pcolors[k % 20], label=st[:40])
@@ -257,10 +255,7 @@ def plot_benchmark(summary: pd.DataFrame, path: str | Path, published: pd.DataFr
             ax.set_ylabel(published["metric"].iloc[0])
             ax.legend(fontsize=5)
             ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _expression_prior(pool: list[str]) -> dict:

@@ -27,7 +27,7 @@ from typing import Iterable, Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from .._io import atomic_file
+from .._io import new_figure, save_figure
 from ..errors import ConfigError
 from ..graphs import GeneGraph, propagation_operator
 from .criteria import (
@@ -193,13 +193,11 @@ class SelectionResult:
             df["score"] = self.scores
         return df
 
-    def plot_coverage(self, path: str | os.PathLike, others: Sequence["SelectionResult"] = ()) -> None:
-        """Write a PNG of graph coverage fraction vs budget (this result and optional ``others``)."""
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
+    def plot_coverage(self, path: str | os.PathLike | None = None, others: Sequence["SelectionResult"] = (),
+                      ax=None):
+        """Graph coverage fraction vs budget (this result and optional ``others``), drawn on ``ax`` or a
+        new figure (no pyplot); written as a PNG to ``path`` when given. Returns the figure."""
+        fig, ax = new_figure(figsize=(6, 4)) if ax is None else (ax.figure, ax)
         for r in (self, *others):
             ax.plot(np.arange(1, r.budget + 1), r.coverage, label=f"{r.method} ({r.algorithm})")
         ax.set_xlabel("budget (perturbations measured)")
@@ -207,10 +205,9 @@ class SelectionResult:
         ax.set_title(f"Coverage vs budget ({self.n_candidates} candidates, {self.n_nodes} nodes)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-        plt.close(fig)
+        if path is not None:
+            save_figure(fig, path)
+        return fig
 
 
 @dataclass

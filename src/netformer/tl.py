@@ -1,0 +1,224 @@
+"""Tools, scanpy style: run a model on the cells of an AnnData and put the results into it.
+
+Each function reads raw counts from ``adata.X`` (or ``adata.layers[layer]``), tokenizes them with
+the model's dictionary (the one policy, :func:`netformer.genes.resolve_vocab`), and writes its
+result under ``key_added``: cell embeddings into ``obsm``, gene embeddings into ``varm``, labels and
+predictions into ``obs``, tables into ``uns``; ``uns[key_added]`` records how the result was made
+(model, layer, pooling, dictionary name and digest, netformer version). With ``copy=True`` the
+input is left untouched and the annotated copy is returned; otherwise ``None`` is returned.
+
+The science is in :mod:`netformer.embed`, :mod:`netformer.annotate`, :mod:`netformer.classify`
+and :mod:`netformer.perturb`; these are the AnnData front door to them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, InputDataError
+
+__all__ = ["annotate", "classify", "embed", "embed_genes", "perturb"]
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _unique_names(adata) -> None:
+    if not adata.obs_names.is_unique:
+        raise InputDataError("adata.obs_names are not unique; call adata.obs_names_make_unique() first so "
+                             "results can be matched to cells")
+
+
+def _model_and_vocab(model, vocab, subfolder, device):
+    """(loaded encoder, its dictionary, a printable model name, tokens per cell)."""
+    from .encoder import base_model
+    from .genes import resolve_vocab
+    from .model import load_model, tokenizer_settings
+
+    name = str(model) + (f"/{subfolder}" if subfolder else "")
+    if isinstance(model, (str, Path)):
+        model = load_model(model, kind="base", device=device, subfolder=subfolder)
+    base = base_model(model)
+    vocab = resolve_vocab(model, None, vocab)
+    settings = tokenizer_settings(base.name_or_path) if base.name_or_path else None
+    size = (settings or {}).get("model_input_size") or base.config.max_position_embeddings
+    return base, vocab, name, min(int(size), base.config.max_position_embeddings)
+
+
+def _tokenized(adata, vocab, size: int, layer: str | None, obs_columns: Sequence[str] = ()):
+    from .pp import tokenize
+
+    _unique_names(adata)
+    return tokenize(adata, vocab, model_input_size=size, layer=layer, obs_columns=list(obs_columns))
+
+
+def _rows(adata, dataset) -> np.ndarray:
+    return adata.obs_names.get_indexer(pd.Index(dataset["cell_id"]))
+
+
+def embed(adata, model, *, vocab=None, layer: str | None = None, hidden_layer: int = -2, pooling: str = "mean",
+          key_added: str = "X_netformer", batch_size: int = 32, device: str | None = None,
+          subfolder: str | None = None, copy: bool = False):
+    """Cell embeddings of ``adata``'s cells into ``adata.obsm[key_added]`` (n_obs, hidden_size) float32.
+
+    Upstream Geneformer's ``EmbExtractor`` rule: mean over the gene tokens (special tokens excluded) of
+    the hidden state at ``hidden_layer`` (-2, the second to last layer, by default), or ``pooling="cls"``.
+    Cells with no gene of the dictionary get NaN rows (and are counted in ``uns[key_added]``).
+
+    Parameters
+    ----------
+    adata
+        AnnData of raw counts (cells x genes); obs names must be unique.
+    model
+        Model directory, Hub id (with ``subfolder``), or a loaded Bert model.
+    vocab
+        Dictionary for a checkpoint that has none beside it (default: the model's).
+    layer
+        Counts from ``adata.layers[layer]`` instead of ``X``.
+    copy
+        Return an annotated copy instead of writing into ``adata``.
+
+    Raises
+    ------
+    DictionaryError
+        No dictionary for the model, or it does not fit.
+    InputDataError
+        Non-unique obs names, bad counts, no cell with a dictionary gene.
+    """
+    from .embed import EmbeddingConfig, embed_cells
+
+    adata = adata.copy() if copy else adata
+    base, vocab, name, size = _model_and_vocab(model, vocab, subfolder, device)
+    ds = _tokenized(adata, vocab, size, layer)
+    emb = embed_cells(base, ds, EmbeddingConfig(layer=hidden_layer, pooling=pooling, batch_size=batch_size,
+                                                device=device), vocab=vocab)
+    full = np.full((adata.n_obs, emb.shape[1]), np.nan, dtype=np.float32)
+    full[_rows(adata, ds)] = emb
+    adata.obsm[key_added] = full
+    adata.uns[key_added] = {"model": name, "hidden_layer": hidden_layer, "pooling": pooling, "counts_layer": layer or "X",
+                            "vocab": vocab.name, "vocab_digest": vocab.digest, "model_input_size": size,
+                            "n_cells_embedded": int(len(ds)), "netformer_version": _version()}
+    return adata if copy else None
+
+
+def embed_genes(adata, model, *, vocab=None, layer: str | None = None, hidden_layer: int = -2,
+                key_added: str = "X_netformer", batch_size: int = 32, device: str | None = None,
+                subfolder: str | None = None, copy: bool = False):
+    """Contextual gene embeddings (a gene token's hidden state averaged over the cells that express it)
+    into ``adata.varm[key_added]`` (n_vars, hidden_size), NaN for genes outside the dictionary or never
+    among a cell's tokens; ``uns[key_added + "_genes"]`` records how, with the number of cells per gene.
+
+    Genes are matched to the dictionary as the tokenizer matches them (var index or Ensembl id column,
+    through the dictionary's Ensembl mapping). Parameters and errors as :func:`embed`.
+    """
+    from .embed import EmbeddingConfig
+    from .embed import embed_genes as _embed_genes
+    from .tokenize import select_gene_ids
+
+    adata = adata.copy() if copy else adata
+    base, vocab, name, size = _model_and_vocab(model, vocab, subfolder, device)
+    ds = _tokenized(adata, vocab, size, layer)
+    table = _embed_genes(base, ds, EmbeddingConfig(layer=hidden_layer, batch_size=batch_size, device=device), vocab=vocab)
+    ids = vocab.map_ids(select_gene_ids(adata.var, "auto"))
+    pos = table.index.get_indexer(pd.Index([i if i is not None else "" for i in ids]))
+    dims = table.filter(like="dim_").to_numpy(np.float32)
+    full = np.full((adata.n_vars, dims.shape[1]), np.nan, dtype=np.float32)
+    full[pos >= 0] = dims[pos[pos >= 0]]
+    adata.varm[key_added] = full
+    n_cells = np.zeros(adata.n_vars, dtype=np.int64)
+    n_cells[pos >= 0] = table["n_cells"].to_numpy()[pos[pos >= 0]]
+    adata.var[f"{key_added}_n_cells"] = n_cells
+    adata.uns[f"{key_added}_genes"] = {"model": name, "hidden_layer": hidden_layer, "vocab": vocab.name,
+                                       "vocab_digest": vocab.digest, "n_genes_embedded": int((pos >= 0).sum()),
+                                       "netformer_version": _version()}
+    return adata if copy else None
+
+
+def annotate(adata, markers: Mapping[str, Sequence[str]] | None = None, *, key_added: str = "cell_type",
+             resolution: float = 1.0, random_state: int = 0, copy: bool = False):
+    """Name cells by marker genes (Leiden clusters scored on known markers; the PBMC markers by default)
+    into ``obs[key_added]`` (and ``obs[key_added + "_cluster"]``, ``uns[key_added + "_marker_scores"]``).
+
+    See :func:`netformer.annotate.annotate_by_markers` for the method (the scanpy PBMC3k tutorial's way
+    of naming clusters) and the errors raised.
+    """
+    from .annotate import PBMC_MARKERS, annotate_by_markers
+
+    adata = adata.copy() if copy else adata
+    annotate_by_markers(adata, markers or PBMC_MARKERS, resolution=resolution, random_state=random_state,
+                        key_added=key_added)
+    return adata if copy else None
+
+
+def classify(adata, classifier, *, layer: str | None = None, key_added: str = "netformer_prediction",
+             device: str | None = None, copy: bool = False):
+    """Predictions of a fine-tuned cell classifier (a folder written by ``CellClassifier.save`` /
+    ``netformer finetune cell``) into ``obs[key_added]`` (categorical; NaN for cells without a
+    dictionary gene) and the class probabilities into ``obsm[key_added + "_proba"]`` (n_obs, n_classes),
+    the classes in ``uns[key_added]["classes"]``.
+
+    Raises :class:`~netformer.errors.ConfigError` if ``classifier`` is not a saved cell classifier, and
+    the errors of :func:`embed` for the cells.
+    """
+    from .classify import CellClassifier
+    from .model import tokenizer_settings
+
+    adata = adata.copy() if copy else adata
+    clf = CellClassifier.load(classifier, device=device)
+    size = (tokenizer_settings(classifier) or {}).get("model_input_size") or clf.model.config.max_position_embeddings
+    ds = _tokenized(adata, clf.vocab, min(int(size), clf.model.config.max_position_embeddings), layer)
+    proba = clf.predict_proba(ds)
+    rows = _rows(adata, ds)
+    full = np.full((adata.n_obs, proba.shape[1]), np.nan, dtype=np.float32)
+    full[rows] = proba
+    labels = np.full(adata.n_obs, None, dtype=object)
+    labels[rows] = np.asarray(clf.classes_, dtype=object)[proba.argmax(1)]
+    adata.obs[key_added] = pd.Categorical(labels, categories=list(clf.classes_))
+    adata.obsm[f"{key_added}_proba"] = full
+    adata.uns[key_added] = {"classifier": str(classifier), "classes": list(clf.classes_), "counts_layer": layer or "X",
+                            "vocab": clf.vocab.name, "vocab_digest": clf.vocab.digest, "netformer_version": _version()}
+    return adata if copy else None
+
+
+def perturb(adata, model, config=None, states=None, *, vocab=None, layer: str | None = None,
+            key_added: str = "netformer_perturb", out_dir: str | Path | None = None, overwrite: bool = False,
+            stats=None, subfolder: str | None = None, copy: bool = False):
+    """In silico perturbation (and, with ``states``, treatment) of ``adata``'s cells.
+
+    Runs :func:`netformer.perturb.perturb` (``config``: :class:`~netformer.perturb.PerturbConfig`,
+    ``states``: :class:`~netformer.perturb.CellStates`, whose column must be in ``adata.obs``) and the
+    per-gene statistics (:func:`netformer.perturb.gene_stats`, ``stats``: ``StatsConfig``), and stores
+    the per-gene table in ``uns[key_added]["genes"]`` (a DataFrame sorted by mean shift) with the
+    settings. With ``out_dir`` the run is resumable (see ``perturb``). Returns the
+    :class:`~netformer.perturb.PerturbResult` (and, with ``copy``, the annotated copy as a second value).
+
+    Raises the errors of :func:`netformer.perturb.perturb`; ``ConfigError`` if a state or filter
+    column is not in ``adata.obs``.
+    """
+    from dataclasses import asdict
+
+    from .perturb import PerturbConfig, StatsConfig, gene_stats
+    from .perturb import perturb as _perturb
+
+    cfg = config or PerturbConfig()
+    adata = adata.copy() if copy else adata
+    base, vocab, name, size = _model_and_vocab(model, vocab, subfolder, cfg.device)
+    cols = ([states.column] if states is not None else []) + list((cfg.cell_filter or {}).keys())
+    missing = [c for c in cols if c not in adata.obs.columns]
+    if missing:
+        raise ConfigError(f"adata.obs has no column(s) {missing}; columns are {list(adata.obs.columns)}")
+    ds = _tokenized(adata, vocab, size, layer, obs_columns=list(dict.fromkeys(cols)))
+    res = _perturb(base, ds, cfg, states=states, vocab=vocab, out_dir=out_dir, overwrite=overwrite)
+    table = gene_stats(res.results, stats or StatsConfig(seed=cfg.seed))
+    adata.uns[key_added] = {"genes": table, "model": name, "config": {k: str(v) for k, v in asdict(cfg).items()},
+                            "states": None if states is None else asdict(states), "vocab": vocab.name,
+                            "vocab_digest": vocab.digest, "complete": bool(res.complete),
+                            "netformer_version": _version()}
+    return (res, adata) if copy else res
