@@ -491,27 +491,3 @@ def annotate_file(
     with atomic_file(output_csv, overwrite=overwrite) as tmp:
         table.to_csv(tmp)
     return table
-
-
-def register(app) -> None:
-    """Add ``netformer annotate INPUT.h5ad OUTPUT.csv`` to the CLI (a thin layer over :func:`annotate_file`)."""
-    import typer
-
-    @app.command("annotate")
-    def annotate_cmd(
-        input_path: Path = typer.Argument(..., help="h5ad file with raw counts in X."),
-        output_csv: Path = typer.Argument(..., help="CSV to write: barcode,cell_type,cluster."),
-        markers: Path | None = typer.Option(None, help="JSON marker table; default: the PBMC markers."),
-        resolution: float = typer.Option(1.0, help="Leiden resolution."),
-        seed: int = typer.Option(0, help="Random seed of PCA, neighbours and Leiden."),
-        overwrite: bool = typer.Option(False, help="Replace an existing output file."),
-    ) -> None:
-        """Name cells by marker genes (Leiden clusters scored on known markers)."""
-        table = annotate_file(
-            input_path, output_csv,
-            markers=load_markers(markers) if markers is not None else None,
-            config=AnnotationConfig(resolution=resolution, random_state=seed),
-            overwrite=overwrite,
-        )
-        counts = table["cell_type"].value_counts()
-        typer.echo(f"wrote {output_csv}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

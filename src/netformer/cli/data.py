@@ -1,0 +1,69 @@
+"""Data commands: ``netformer tokenize`` (rank value encoding) and ``netformer annotate`` (marker genes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from ._common import Overwrite
+
+
+def tokenize(
+    inputs: Annotated[List[Path], typer.Argument(help="Count files (.h5ad, .zarr, .loom) of raw UMI counts.",
+                                                 show_default=False)],
+    output: Annotated[Path, typer.Option("--out", "-o", help="Output dataset directory.", show_default=False)],
+    vocab: Annotated[Optional[str], typer.Option(help="Vocabulary directory (ours, or Geneformer's pickles, e.g. "
+                                                      "geneformer_gc104M/). Omit with --build-vocab.")] = None,
+    build_vocab: Annotated[bool, typer.Option("--build-vocab", help="Build token dictionary and gene medians "
+                                                                    "from the inputs.")] = False,
+    input_size: Annotated[int, typer.Option(help="Model input size (V1 2048, V2 4096), special tokens "
+                                                 "included.")] = 2048,
+    obs_column: Annotated[List[str], typer.Option("--obs-column", help="obs column to keep (repeatable).")] = [],
+    gene_id_column: Annotated[str, typer.Option(help="var column with gene ids ('auto': detect; 'none': the "
+                                                     "var index).")] = "auto",
+    chunk_size: Annotated[int, typer.Option(help="Cells per chunk (bounds memory).")] = 1024,
+    overwrite: Overwrite = False,
+) -> None:
+    """Rank value encoding of count files into a Hugging Face dataset directory (with its dictionary in vocab/).
+
+    Errors: ConfigError unless exactly one of --vocab and --build-vocab is given; OutputExistsError
+    for an existing --out without --overwrite; InputDataError / GeneIdError for unusable counts.
+    """
+    from ..errors import ConfigError
+    from ..genes import GeneVocab
+    from ..tokenize import TranscriptomeTokenizer
+    from ..tokenize import build_vocab as build
+
+    if build_vocab == (vocab is not None):
+        raise ConfigError("give exactly one of --vocab DIR and --build-vocab")
+    v = build(inputs) if build_vocab else GeneVocab.load(vocab)
+    tok = TranscriptomeTokenizer(v, model_input_size=input_size, obs_columns=obs_column,
+                                 gene_id_column=None if gene_id_column == "none" else gene_id_column,
+                                 chunk_size=chunk_size)
+    s = tok.write(inputs, output, overwrite=overwrite)
+    typer.echo(f"{s.n_cells_out} cells, mean length {s.mean_length:.0f}, "
+               f"{s.mapped_count_fraction:.1%} of counts on dictionary genes -> {output}")
+
+
+def annotate(
+    input_path: Annotated[Path, typer.Argument(help="h5ad file with raw counts in X.", show_default=False)],
+    output_csv: Annotated[Path, typer.Option("--out", "-o", help="CSV to write: barcode,cell_type,cluster.",
+                                             show_default=False)],
+    markers: Annotated[Optional[Path], typer.Option(help="JSON marker table; default: the PBMC markers.")] = None,
+    resolution: Annotated[float, typer.Option(help="Leiden resolution.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Random seed of PCA, neighbours and Leiden.")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Name cells by marker genes (Leiden clusters scored on known markers; docs/annotate.md).
+
+    Errors: OutputExistsError (existing --out), CorruptFileError (unreadable h5ad), InputDataError
+    (bad marker table, no marker found).
+    """
+    from ..annotate import AnnotationConfig, annotate_file, load_markers
+
+    table = annotate_file(input_path, output_csv, markers=load_markers(markers) if markers is not None else None,
+                          config=AnnotationConfig(resolution=resolution, random_state=seed), overwrite=overwrite)
+    counts = table["cell_type"].value_counts()
+    typer.echo(f"wrote {output_csv}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -1,0 +1,110 @@
+"""``netformer finetune``: fine-tune and evaluate a cell or gene classifier (:mod:`netformer.classify`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._common import (ClassWeights, Device, FinetuneSchedule, ModelArg, Overwrite, Subfolder, Task, VocabDir,
+                      model_and_vocab, value)
+
+
+def finetune(
+    task: Annotated[Task, typer.Argument(help="'cell' (a label per cell) or 'gene' (a label per gene).",
+                                         show_default=False)],
+    cells: Annotated[Path, typer.Argument(
+        help="The cells: raw counts (.h5ad; tokenized here with the model's dictionary and used by the baseline) "
+             "or a tokenized folder (netformer tokenize; its baseline counts come from --counts).",
+        show_default=False)],
+    model: ModelArg,
+    output_dir: Annotated[Path, typer.Option("--out", "-o", show_default=False,
+                                             help="Where the fine-tuned model, metrics, predictions and plots go.")],
+    counts: Annotated[Optional[Path], typer.Option(
+        "--counts", help="With a tokenized folder: the raw counts (.h5ad) it was tokenized from, matched by cell_id, "
+                         "for the baseline. Without them only --folds 0 --search 0 runs (fit and save, no "
+                         "evaluation): every reported result stands beside its baseline.")] = None,
+    label_column: Annotated[str, typer.Option("--label-column", help="Column with cell labels (cell task); "
+                                                                     "unlabelled cells are dropped.")] = "cell_type",
+    gene_labels: Annotated[Optional[Path], typer.Option(
+        "--gene-labels", help="CSV gene,label (gene task; Ensembl ids or symbols).")] = None,
+    group_column: Annotated[Optional[str], typer.Option(
+        "--group-column", help="Column (donor/batch/sample) no group of which is split.")] = None,
+    n_splits: Annotated[int, typer.Option("--folds", help="Cross-validation folds (0: no evaluation, fit "
+                                                          "only).")] = 5,
+    search: Annotated[int, typer.Option("--search", help="Optuna trials of a hyperparameter search before "
+                                                         "the CV.")] = 0,
+    epochs: Annotated[int, typer.Option("--epochs")] = 2,
+    learning_rate: Annotated[float, typer.Option("--lr")] = 5e-4,
+    lr_scheduler: Annotated[FinetuneSchedule, typer.Option("--lr-scheduler")] = "linear",
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    freeze_layers: Annotated[int, typer.Option("--freeze-layers", help="Freeze embeddings and the first N "
+                                                                       "layers (-1: train the head only).")] = 0,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help="Truncate cells to this many "
+                                                                           "tokens.")] = None,
+    n_cells: Annotated[Optional[int], typer.Option("--n-cells", help="Random subsample of cells (seeded).")] = None,
+    vocab: VocabDir = None,
+    subfolder: Subfolder = None,
+    class_weights: Annotated[Optional[ClassWeights], typer.Option("--class-weights",
+                                                                  help="'balanced' or omit.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: Device = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Fine-tune a classifier, evaluate it beside its baseline (cross-validated) and save it in OUT/model.
+
+    A checkpoint without a dictionary beside it is saved with the resolved one in OUT/pretrained
+    first. Errors (all before anything is written): OutputExistsError, DictionaryError (no
+    dictionary: --vocab; cells tokenized with another one), ConfigError (evaluation without
+    --counts, --counts with raw counts), InputDataError (missing columns or labels).
+    """
+    from .._io import check_output
+    from ..classify import (CellClassifier, FinetuneConfig, GeneClassifier, cross_validate_cells,
+                            cross_validate_genes, search_cells, search_genes)
+    from ..classify.data import load_cells, read_gene_labels
+    from ..errors import ConfigError, InputDataError
+    from ..genes import model_vocab
+    from ..model import attach_vocab
+
+    cell_task = value(task) == "cell"
+    check_output(output_dir, overwrite)
+    tokenized = cells.is_dir()
+    if tokenized and counts is None and (n_splits >= 2 or search > 0):
+        raise ConfigError(f"{cells} holds tokenized cells: the evaluation beside the baseline needs their raw counts; "
+                          "pass --counts FILE.h5ad, or --folds 0 --search 0 to fit and save without evaluation")
+    if not cell_task and gene_labels is None:
+        raise InputDataError("the gene task needs --gene-labels FILE.csv (columns gene,label)")
+    glabels = read_gene_labels(gene_labels) if not cell_task else None
+    path, chosen = model_and_vocab(model, subfolder, cells if tokenized else None, vocab)
+    cfg = FinetuneConfig(learning_rate=learning_rate, lr_scheduler=value(lr_scheduler), epochs=epochs,
+                         batch_size=batch_size, freeze_layers=freeze_layers, max_length=max_length,
+                         class_weights=value(class_weights), seed=seed, device=device)
+    columns = ([label_column] if cell_task else []) + ([group_column] if group_column else [])
+    model_input = json.loads((path / "config.json").read_text())["max_position_embeddings"]
+    data = load_cells(cells, chosen, counts=counts, max_length=max_length or model_input, obs_columns=columns,
+                      n_cells=n_cells, seed=seed, drop_missing=[label_column] if cell_task else [])
+    if model_vocab(path) is None:  # a netformer model directory (checkpoint + dictionary) used from here on
+        path = attach_vocab(path, chosen, output_dir / "pretrained", overwrite=True)
+        typer.echo(f"checkpoint and dictionary {chosen.name!r} saved together in {path}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if search > 0:
+        res = (search_cells(path, data, label_column, n_trials=search, base_config=cfg, group_column=group_column,
+                            seed=seed) if cell_task
+               else search_genes(path, data, glabels, n_trials=search, base_config=cfg, seed=seed))
+        res.trials.to_csv(output_dir / "search_trials.csv", index=False)
+        cfg = res.best_config
+        typer.echo(f"best trial: validation macro-F1 {res.best_value:.3f} "
+                   f"(baseline {res.baseline.get('macro_f1', float('nan')):.3f})")
+    if n_splits >= 2:
+        cv = (cross_validate_cells(path, data, label_column, n_splits=n_splits, group_column=group_column, config=cfg,
+                                   seed=seed, output_dir=output_dir / "cv") if cell_task
+              else cross_validate_genes(path, data, glabels, n_splits=n_splits, config=cfg, seed=seed,
+                                        output_dir=output_dir / "cv"))
+        typer.echo(cv.summary().round(4).to_string())
+    clf = (CellClassifier(path, cfg).fit(data.dataset, label_column) if cell_task
+           else GeneClassifier(path, cfg).fit(data.dataset, glabels))
+    clf.save(output_dir / "model", overwrite=overwrite)
+    (output_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    typer.echo(f"fine-tuned model written to {output_dir / 'model'}")

@@ -1,0 +1,126 @@
+"""``netformer select run | benchmark``: one-shot selection of perturbation experiments and its benchmark
+against active learning (:mod:`netformer.select`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from ._common import BenchmarkModel, Method, Missing, Overwrite, Strategy, key_values, value
+
+GO_GRAPH_HELP = ("Edge list source,target,importance. Default: the GEARS-style GO graph "
+                 "graphs/go_top20_jaccard_orgHsEgDb_3.16.csv.gz of the shared data folder (not part of the package; "
+                 "located by NETFORMER_SHARED_DATA, else ../shared/data beside the repository).")
+
+
+def run(
+    out: Annotated[Path, typer.Option("--out", "-o", show_default=False,
+                                      help="Output directory (selection.csv, coverage.png, summary.json).")],
+    budget: Annotated[int, typer.Option("--budget", "-b", help="Number of perturbations to select.",
+                                        show_default=False)],
+    candidates: Annotated[Optional[Path], typer.Option(
+        help="Candidate genes: text file (one per line) or CSV with a 'gene' column. Default: every graph "
+             "node.")] = None,
+    graph: Annotated[Optional[Path], typer.Option(help=GO_GRAPH_HELP)] = None,
+    method: Annotated[Method, typer.Option(help="Selection criterion or ranking baseline.")] = "graphreach",
+    layers: Annotated[int, typer.Option(help="Graph layers L of the model (P = A_hat^L); GEARS: 1.")] = 1,
+    plain: Annotated[bool, typer.Option("--plain", help="Plain instead of lazy greedy (same output, "
+                                                        "slower).")] = False,
+    beta: Annotated[Optional[float], typer.Option(help="MaxSpec kernel scale (default 1/median "
+                                                       "||P_u||^2).")] = None,
+    missing: Annotated[Missing, typer.Option(help="Candidates absent from the graph: drop (logged) or "
+                                                  "error.")] = "drop",
+    symmetrize: Annotated[bool, typer.Option(help="Treat the graph as undirected (max(A, A^T)).")] = False,
+    compare: Annotated[bool, typer.Option(help="Also draw degree/PageRank/random coverage in the PNG.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed (random baseline only).")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Select BUDGET perturbations in one shot; write a ranked CSV, a coverage-vs-budget PNG and a summary.
+
+    Errors: OutputExistsError, BudgetError (budget above the candidates in the graph), GeneIdError
+    (--missing error and absent candidates), InputDataError (candidate or graph file).
+    """
+    from .._io import atomic_dir, check_output
+    from ..graphs import load_edge_list
+    from ..select.candidates import read_candidates
+    from ..select.greedy import RANKING_METHODS, SelectConfig, Selector
+
+    check_output(out, overwrite)
+    method, missing = value(method), value(missing)
+    cfg = SelectConfig(method=method, n_layers=layers, lazy=not plain, beta=beta, missing=missing, seed=seed)
+    cands = read_candidates(candidates) if candidates else None
+    sel = Selector(load_edge_list(graph, symmetrize=symmetrize), cands, n_layers=layers, missing=missing)
+    res = sel.select(budget, cfg)
+    others = [sel.select(budget, cfg, method=m) for m in RANKING_METHODS if compare and m != method]
+    summary = {
+        "method": res.method, "algorithm": res.algorithm, "budget": res.budget,
+        "n_candidates": res.n_candidates, "n_graph_nodes": res.n_nodes, "n_layers": res.n_layers,
+        "objective": float(res.objective[-1]), "coverage_fraction": float(res.coverage[-1]),
+        "n_gain_evaluations": res.n_evaluations, "seconds": res.seconds, "bound": res.bound,
+        "missing_candidates": res.missing, "graph_components": sel.pool.n_components,
+    }
+    with atomic_dir(out, overwrite) as tmp:
+        res.to_frame().to_csv(tmp / "selection.csv", index=False)
+        res.plot_coverage(tmp / "coverage.png", others)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+    typer.echo(f"selected {res.budget} of {res.n_candidates} candidates with {res.method}; "
+               f"coverage {res.coverage[-1]:.3f}; wrote {out}")
+
+
+def benchmark(
+    out: Annotated[Path, typer.Option("--out", "-o", show_default=False, help="Output directory (results.csv, "
+                                      "summary.csv, published_iterpert.csv, benchmark.png).")],
+    data: Annotated[Optional[Path], typer.Option(
+        help="REAL Perturb-seq h5ad (GEARS perturb_processed.h5ad or scPerturb style). Default: the SEMI-SYNTHETIC "
+             "benchmark (simulated responses on the GO graph and real K562 control cells of the shared data "
+             "folder).")] = None,
+    subset: Annotated[List[str], typer.Option(help="obs filter for --data, KEY=VALUE (e.g. dataset=norman19); "
+                                                   "repeat.")] = [],
+    graph: Annotated[Optional[Path], typer.Option(help=GO_GRAPH_HELP)] = None,
+    initial: Annotated[int, typer.Option(help="Initial budget (round 0).")] = 100,
+    rounds: Annotated[int, typer.Option(help="Active-learning rounds after the initial set.")] = 5,
+    batch: Annotated[int, typer.Option(help="Perturbations per round.")] = 100,
+    seeds: Annotated[int, typer.Option(help="Number of seeds (0..seeds-1).")] = 3,
+    model: Annotated[BenchmarkModel, typer.Option(help="Outcome model fitted on the measured "
+                                                       "perturbations.")] = "ridge",
+    model_option: Annotated[List[str], typer.Option(help="Model constructor option KEY=VALUE (JSON value), e.g. "
+                                                         "epochs=5; repeat.")] = [],
+    oneshot: Annotated[List[Method], typer.Option(help="One-shot method; repeat (default: all).")] = [],
+    strategy: Annotated[List[Strategy], typer.Option(help="Active-learning strategy; repeat (default: "
+                                                          "all).")] = [],
+    n_candidates: Annotated[int, typer.Option(help="Semi-synthetic: perturbable genes (pool + test).")] = 3000,
+    n_test: Annotated[int, typer.Option(help="Semi-synthetic: held-out test genes.")] = 500,
+    data_seed: Annotated[int, typer.Option(help="Seed of the semi-synthetic data / real test split.")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Compare one-shot selection and active learning at equal cumulative budgets; write CSVs and PNG curves.
+
+    Errors: OutputExistsError, ConfigError (KEY=VALUE items without '=', a schedule that does not fit
+    the pool), InputDataError (unreadable --data or graph).
+    """
+    from .._io import check_output
+    from ..errors import ConfigError
+    from ..graphs import load_edge_list
+    from ..select.active import STRATEGIES
+    from ..select.benchmark import BenchmarkConfig, benchmark_file, benchmark_semisynthetic, write_report
+    from ..select.greedy import METHODS
+    from ..select.synthetic import SyntheticConfig
+
+    check_output(out, overwrite)
+    opts = key_values(model_option, "--model-option", parse_json=True)
+    filt = key_values(subset, "--subset") or None
+    if filt and data is None:
+        raise ConfigError("--subset filters the cells of --data; give --data FILE.h5ad or drop --subset")
+    cfg = BenchmarkConfig(model_options=opts, initial=initial, rounds=rounds, batch=batch, seeds=tuple(range(seeds)),
+                          oneshot=tuple(map(value, oneshot)) or METHODS,
+                          strategies=tuple(map(value, strategy)) or STRATEGIES, model=value(model))
+    if data is None:
+        res = benchmark_semisynthetic(cfg, SyntheticConfig(n_candidates=n_candidates, n_test=n_test, seed=data_seed),
+                                      graph=load_edge_list(graph) if graph is not None else None)
+    else:
+        res = benchmark_file(data, cfg, graph_path=graph, subset=filt, seed=data_seed)
+    write_report(res, out, overwrite=overwrite)
+    typer.echo(f"wrote {out} ({res['setting'].iloc[0]})")
