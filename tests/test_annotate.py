@@ -127,18 +127,14 @@ def test_bad_config_raises(pbmc_labeled):
 
 def test_cli_on_symbol_indexed_pbmcs(scrna, tmp_path):
     """Kang 2018 PBMCs (symbol var index): CLI writes a CSV whose labels follow their markers."""
-    import typer
     from typer.testing import CliRunner
 
-    from netformer.annotate import register
+    from netformer.cli import app
     from netformer.errors import OutputExistsError
 
-    app = typer.Typer()
-    register(app)
-    app.callback()(lambda: None)
     src = scrna / "kang2018_ifnb_ctrl_stim_2000cells_raw.h5ad"
     out = tmp_path / "labels.csv"
-    result = CliRunner().invoke(app, ["annotate", str(src), str(out), "--seed", "0"])
+    result = CliRunner().invoke(app, ["annotate", str(src), "--out", str(out), "--seed", "0"])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out, index_col="barcode")
     kang = ad.read_h5ad(src)
@@ -153,7 +149,7 @@ def test_cli_on_symbol_indexed_pbmcs(scrna, tmp_path):
     assert by_label.loc[["CD4 T cells", "B cells", "NK cells"], "LYZ"].max() < by_label.loc[
         "CD14+ Monocytes", "LYZ"]
     before = out.read_bytes()
-    again = CliRunner().invoke(app, ["annotate", str(src), str(out)])
+    again = CliRunner().invoke(app, ["annotate", str(src), "-o", str(out)])
     assert isinstance(again.exception, OutputExistsError)
     assert out.read_bytes() == before
 

@@ -215,7 +215,7 @@ def test_cli_finetune(tiny_pretrained, scrna, tmp_path):
 
     out = tmp_path / "ft"
     res = CliRunner().invoke(app, ["finetune", "cell", str(scrna / "kang2018_ifnb_ctrl_stim_2000cells_raw.h5ad"),
-                                   str(tiny_pretrained.model_dir), str(out), "--label-column", "condition",
+                                   str(tiny_pretrained.model_dir), "--out", str(out), "--label-column", "condition",
                                    "--n-cells", "240", "--folds", "2", "--epochs", "1", "--max-length", "64",
                                    "--batch-size", "32"])
     assert res.exit_code == 0, res.output
@@ -228,7 +228,7 @@ def test_cli_finetune(tiny_pretrained, scrna, tmp_path):
     vocab_dir = tmp_path / "vocab"
     tiny_pretrained.vocab.save(vocab_dir)
     args = ["finetune", "cell", str(scrna / "kang2018_ifnb_ctrl_stim_2000cells_raw.h5ad"), str(bare),
-            str(tmp_path / "ft_bare"), "--label-column", "condition", "--n-cells", "120", "--folds", "0",
+            "--out", str(tmp_path / "ft_bare"), "--label-column", "condition", "--n-cells", "120", "--folds", "0",
             "--epochs", "1", "--max-length", "64", "--batch-size", "32"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code != 0 and "--vocab" in str(res.exception)

@@ -44,19 +44,14 @@ def test_cli_pipeline_on_real_cells(scrna, tmp_path):
 
 
 def test_main_prints_clear_errors(tmp_path, capsys):
-    from netformer import cli
+    from netformer.cli import main
 
-    import sys
-
-    argv = sys.argv
-    sys.argv = ["netformer", "tokenize", str(tmp_path / "missing.h5ad"), "--vocab", str(tmp_path), "--out", str(tmp_path / "o")]
-    try:
-        with pytest.raises(SystemExit) as exc:
-            cli.main()
-    finally:
-        sys.argv = argv
+    with pytest.raises(SystemExit) as exc:
+        main(["tokenize", str(tmp_path / "missing.h5ad"), "--vocab", str(tmp_path), "--out", str(tmp_path / "o")])
     assert exc.value.code == 2
-    assert "error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow

@@ -217,7 +217,7 @@ def test_cli_perturb(tiny_pretrained, tmp_path):
     data = tmp_path / "kang_tok"
     t.kang.save_to_disk(str(data))
     out = tmp_path / "isp"
-    args = ["perturb", str(t.model_dir), str(data), str(out), "-g", "ISG15", "--state-column", "condition",
+    args = ["perturb", str(t.model_dir), str(data), "--out", str(out), "-g", "ISG15", "--state-column", "condition",
             "--start", "stim", "--goal", "ctrl", "--max-cells", "3", "--device", "cpu"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output

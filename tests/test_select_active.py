@@ -145,18 +145,10 @@ def test_published_iterpert_reference_points():
 
 def test_real_devel_benchmark_runs_from_cli(shared_data, tmp_path):
     """Real Norman 2019 singles of devel.h5ad through ``netformer select benchmark``: tiny pool, real data."""
-    import typer
     from typer.testing import CliRunner
 
-    from netformer.select.cli import register
+    from netformer.cli import app
 
-    app = typer.Typer()
-
-    @app.callback()
-    def _cb() -> None:
-        pass
-
-    register(app)
     out = tmp_path / "bench"
     args = ["select", "benchmark", "--out", str(out), "--data", str(shared_data / "perturbseq" / "devel.h5ad"),
             "--subset", "dataset=norman19", "--initial", "2", "--rounds", "2", "--batch", "2", "--seeds", "2",

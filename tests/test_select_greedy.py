@@ -175,18 +175,10 @@ def test_disconnected_graph_is_handled(go):
 
 
 def test_cli_writes_ranked_csv_and_png(tmp_path, go):
-    import typer
     from typer.testing import CliRunner
 
-    from netformer.select.cli import register
+    from netformer.cli import app
 
-    app = typer.Typer()
-
-    @app.callback()
-    def _cb() -> None:
-        pass
-
-    register(app)
     cands = tmp_path / "cands.txt"
     cands.write_text("\n".join(bfs_universe(go, ["KLF1"], 200) + ["NOT_A_GENE"]))
     out = tmp_path / "sel"
