@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ import torch
 from ._io import atomic_dir
 from .encoder import default_device
 from .errors import ConfigError, CorruptFileError, DictionaryError
-from .genes import GeneVocab
+from .genes import GeneVocab, load_pickle_dict
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,17 @@ def attach_vocab(checkpoint: str | Path, vocab: GeneVocab, path: str | Path, ove
 # Where Geneformer's Hub repository keeps its dictionaries, relative to the repository root.
 PUBLISHED_VOCAB_FOLDERS = ("geneformer", "geneformer/gene_dictionaries_30m")
 
+# The files of one model folder that are fetched from the Hub: Hugging Face's config and weights
+# (single or sharded safetensors, or pytorch_model.bin) and a netformer model's dictionary files.
+HUB_MODEL_FILES = (
+    "config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors",
+    "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin",
+    "token_dictionary.json", "gene_median_dictionary.json", "ensembl_mapping_dict.json.gz", "vocab_info.json",
+    TOKENIZER_FILE,
+)
+# The dictionary pickles GeneVocab.from_geneformer reads, in each of PUBLISHED_VOCAB_FOLDERS.
+_PUBLISHED_VOCAB_FILES = ("token_dictionary*.pkl", "gene_median_dictionary*.pkl", "ensembl_mapping_dict*.pkl")
+
 
 def published_vocab_for(model_dir: str | Path) -> GeneVocab | None:
     """The dictionary that ships beside a published checkpoint in its Hub repository, or None.
@@ -166,8 +178,9 @@ def published_vocab_for(model_dir: str | Path) -> GeneVocab | None:
     Geneformer's repository (``ctheodoris/Geneformer``) holds the models in subfolders
     (``Geneformer-V2-104M``, ``Geneformer-V1-10M``, ...) and the dictionaries in ``geneformer/``
     (gc104M, V2) and ``geneformer/gene_dictionaries_30m/`` (gc30M, V1). Looking up from
-    ``model_dir`` to the repository snapshot, the folder whose token dictionary has the model's
-    ``vocab_size`` is used.
+    ``model_dir`` (itself, its parent and grandparent: the Hub snapshot or a clone of the repository),
+    the first of :data:`PUBLISHED_VOCAB_FOLDERS` whose token dictionary has the model's ``vocab_size``
+    is used.
     """
     model_dir = Path(model_dir)
     cfg_path = model_dir / "config.json"
@@ -175,54 +188,121 @@ def published_vocab_for(model_dir: str | Path) -> GeneVocab | None:
         return None
     try:
         vocab_size = int(json.loads(cfg_path.read_text())["vocab_size"])
-    except (ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     for root in [model_dir, *model_dir.parents][:3]:
         for sub in PUBLISHED_VOCAB_FOLDERS:
             folder = root / sub
-            if folder.is_dir() and any(folder.glob("token_dictionary*.pkl")):
-                vocab = GeneVocab.from_geneformer(folder)
-                if vocab.vocab_size == vocab_size:
-                    log.info("using the dictionary %s that ships with the checkpoint (%s)", vocab.describe(), folder)
-                    return vocab
+            tokens = sorted(folder.glob("token_dictionary*.pkl")) if folder.is_dir() else []
+            # read the (small) token dictionary first; the larger median and mapping pickles only on a match
+            if len(tokens) == 1 and len(load_pickle_dict(tokens[0])) == vocab_size:
+                return _read_published(folder)
     return None
 
 
-def resolve_checkpoint(path: str | Path, subfolder: str | None = None, revision: str | None = None) -> Path:
+# Published dictionaries already read, by folder and the size and time of its pickles: a command asks
+# for the model's dictionary several times, and gc104M takes about half a second to read.
+_PUBLISHED: dict[tuple, GeneVocab] = {}
+
+
+def _read_published(folder: Path) -> GeneVocab:
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.glob("*.pkl"))]
+    key = (str(folder.resolve()), tuple(stats))
+    if key not in _PUBLISHED:
+        vocab = GeneVocab.from_geneformer(folder)
+        log.info("using the dictionary %s that ships with the checkpoint (%s)", vocab.describe(), folder)
+        _PUBLISHED[key] = vocab
+    return _PUBLISHED[key]
+
+
+def hub_allow_patterns(subfolder: str | None = None) -> list[str]:
+    """The ``allow_patterns`` of :func:`huggingface_hub.snapshot_download` for one model of a repository.
+
+    The model's files (:data:`HUB_MODEL_FILES`, in ``subfolder`` or the repository root) and the
+    published dictionaries (:data:`PUBLISHED_VOCAB_FOLDERS`). Names are exact because the Hub's
+    ``*`` matches across ``/`` (``"*.safetensors"`` would fetch every model of the repository).
+    """
+    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+    return [prefix + f for f in HUB_MODEL_FILES] + [f"{d}/{f}" for d in PUBLISHED_VOCAB_FOLDERS
+                                                    for f in _PUBLISHED_VOCAB_FILES]
+
+
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def hub_offline() -> bool:
+    """True when the Hub must not be contacted: ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set,
+    read when called (huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return bool(constants.HF_HUB_OFFLINE) or env.strip().upper() in _TRUE
+
+
+def hub_cache_dir(cache_dir: str | Path | None = None) -> str:
+    """The Hub cache folder: ``cache_dir``, else ``HF_HUB_CACHE``, else ``HF_HOME/hub`` (environment read when
+    called), else huggingface_hub's default."""
+    from huggingface_hub import constants
+
+    if cache_dir is not None:
+        return str(cache_dir)
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return str(constants.HF_HUB_CACHE)
+
+
+def _models_in(root: Path) -> list[str]:
+    """Folders of a repository snapshot (up to two levels deep) that hold a ``config.json``."""
+    found = [p.parent.relative_to(root).as_posix() for pattern in ("*/config.json", "*/*/config.json")
+             for p in root.glob(pattern)]
+    return sorted(found)
+
+
+def resolve_checkpoint(path: str | Path, subfolder: str | None = None, revision: str | None = None,
+                       cache_dir: str | Path | None = None) -> Path:
     """A local model directory for ``path``: a folder on disk, or a Hugging Face Hub repository id.
 
     ``path`` is used as given when it is an existing directory (``subfolder`` joined to it).
     Otherwise it is taken as a Hub repository id (e.g. ``"ctheodoris/Geneformer"``) and resolved
-    with :func:`huggingface_hub.snapshot_download`, fetching only ``subfolder`` and the
-    dictionaries (:data:`PUBLISHED_VOCAB_FOLDERS`); with ``HF_HUB_OFFLINE=1`` only the local Hub cache
-    is used (``HF_HUB_CACHE`` / ``HF_HOME``).
+    with :func:`huggingface_hub.snapshot_download`, fetching only the model's files in ``subfolder``
+    and the published dictionaries (:func:`hub_allow_patterns`). With ``HF_HUB_OFFLINE=1`` (checked
+    when called, :func:`hub_offline`) nothing is fetched: the snapshot in the local Hub cache
+    (``cache_dir``, else ``HF_HUB_CACHE`` / ``HF_HOME``, :func:`hub_cache_dir`) is used.
 
-    Raises :class:`ConfigError` if the folder does not exist and the id cannot be resolved.
+    Raises :class:`ConfigError` (one line) if the folder does not exist and the id cannot be
+    resolved, or the snapshot has no model in ``subfolder``.
     """
     local = Path(path)
     if local.is_dir():
         return local / subfolder if subfolder else local
     repo = str(path)
-    if repo.count("/") != 1 or repo.startswith((".", "/")):
+    if repo.count("/") != 1 or repo.startswith((".", "/", "~")) or not all(repo.split("/")):
         raise ConfigError(f"{path} is not a model directory (it does not exist) nor a Hugging Face Hub id "
                           "like 'ctheodoris/Geneformer'")
     from huggingface_hub import snapshot_download
 
-    patterns = [f"{subfolder}/*" if subfolder else "*.json", "*.json"]
-    patterns += [f"{sub}/*.pkl" for sub in PUBLISHED_VOCAB_FOLDERS]
-    if not subfolder:
-        patterns += ["*.safetensors", "*.bin"]
+    offline = hub_offline()
+    cache = hub_cache_dir(cache_dir)
+    what = f"{repo!r}{f' (subfolder {subfolder!r})' if subfolder else ''}"
     try:
-        root = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
+        root = Path(snapshot_download(repo, revision=revision, allow_patterns=hub_allow_patterns(subfolder),
+                                      cache_dir=cache, local_files_only=offline))
     except Exception as exc:  # huggingface_hub raises many types (offline, not found, network)
-        raise ConfigError(f"cannot resolve the Hub model {repo!r}{f' (subfolder {subfolder!r})' if subfolder else ''}: "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. Download it once "
-                          "with network access (it is then read from the Hub cache, also with HF_HUB_OFFLINE=1), "
-                          "or pass a local model directory") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        where = (f"it is not in the Hub cache {cache} and HF_HUB_OFFLINE is set" if offline
+                 else f"{type(exc).__name__}: {first}")
+        raise ConfigError(f"{path} is no local folder, and the Hub model {what} cannot be resolved: {where}. "
+                          "Download it once with network access (it is then read from the Hub cache, also with "
+                          "HF_HUB_OFFLINE=1), or pass a local model directory") from None
     out = root / subfolder if subfolder else root
     if not (out / "config.json").exists():
-        raise ConfigError(f"the Hub model {repo!r} has no config.json in {subfolder or 'its root'}; "
-                          "name the model's subfolder (e.g. subfolder='Geneformer-V2-104M')")
+        models = _models_in(root)
+        hint = (f"models in the {'cached ' if offline else ''}snapshot: {', '.join(models)}" if models
+                else "name the model's subfolder, e.g. subfolder='Geneformer-V2-104M'")
+        raise ConfigError(f"the Hub model {repo!r} has no config.json in {f'subfolder {subfolder!r}' if subfolder else 'its root'}"
+                          f"{' (offline: only the Hub cache was searched)' if offline else ''}; {hint}")
     return out
 
 
@@ -236,6 +316,7 @@ def load_model(
     attn_implementation: str = "sdpa",
     subfolder: str | None = None,
     revision: str | None = None,
+    cache_dir: str | Path | None = None,
     **kwargs,
 ):
     """Load a model directory (ours or a published Geneformer checkpoint), or a model on the Hub.
@@ -251,9 +332,9 @@ def load_model(
         ``"cell"`` (``BertForSequenceClassification``) or ``"gene"`` (``BertForTokenClassification``).
     device
         Target device; default CUDA when available, else CPU (:func:`netformer.encoder.default_device`).
-    subfolder, revision
-        The model's folder inside the directory or Hub repository (e.g. ``"Geneformer-V2-104M"``) and
-        the Hub revision.
+    subfolder, revision, cache_dir
+        The model's folder inside the directory or Hub repository (e.g. ``"Geneformer-V2-104M"``), the
+        Hub revision, and the Hub cache folder (default ``HF_HUB_CACHE``; :func:`resolve_checkpoint`).
 
     Returns the model in eval mode on ``device``; its ``name_or_path`` is the local directory, where
     :func:`netformer.genes.model_vocab` finds its dictionary (for published Geneformer checkpoints,
@@ -277,7 +358,7 @@ def load_model(
     }
     if kind not in classes:
         raise ConfigError(f"unknown model kind {kind!r}; choose one of {sorted(classes)}")
-    path = resolve_checkpoint(path, subfolder, revision)
+    path = resolve_checkpoint(path, subfolder, revision, cache_dir)
     check_model_dir(path)
     if kind == "base":
         kwargs.setdefault("add_pooling_layer", False)  # embeddings never use BERT's pooler
