@@ -9,8 +9,8 @@ run that was interrupted resumes from the latest one when started again with the
 ``output_dir``. The final model is a plain Hugging Face directory in ``output_dir/model``.
 
 Multi-GPU / multi-node: the Trainer runs under Accelerate / torchrun unchanged, e.g.
-``torchrun --nproc_per_node 8 -m netformer.cli pretrain DATA OUT --preset geneformer-v1-10m``
-or ``accelerate launch -m netformer.cli pretrain ...``.
+``torchrun --nproc_per_node 8 -m netformer pretrain DATA --out OUT --preset geneformer-v1-10m``
+or ``accelerate launch -m netformer pretrain ...``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import inspect
 import json
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -26,8 +27,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ._io import atomic_file, check_output
-from .encoder import check_dataset, pad_batch
+from ._io import atomic_file, check_output, remove_dir, replace_dir
+from .encoder import check_dataset, default_device, pad_batch
 from .errors import ConfigError
 from .genes import GeneVocab, resolve_vocab
 from .model import model_config, new_model, save_model
@@ -71,10 +72,34 @@ class PretrainConfig:
     device: str | None = None
 
     def __post_init__(self) -> None:
+        from .model import PRESETS
+
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         if not 0 < self.mlm_probability < 1:
             raise ConfigError("mlm_probability must be in (0, 1)")
-        if self.lr_scheduler not in ("linear", "cosine", "constant_with_warmup"):
-            raise ConfigError("lr_scheduler must be 'linear', 'cosine' or 'constant_with_warmup'")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ConfigError(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
+        for name in ("batch_size", "save_steps", "logging_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.max_steps <= 0 and not self.epochs > 0:
+            raise ConfigError("give a positive number of epochs or max_steps")
+        if not self.learning_rate > 0 or self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ConfigError("learning_rate must be positive, warmup_steps and weight_decay non-negative")
+        if self.max_length is not None and self.max_length < 2:
+            raise ConfigError("max_length must be at least 2 tokens")
+
+    def run_settings(self) -> dict:
+        """The settings a resumed run must share with the run it resumes (everything but the run
+        length, which may be extended, and the device)."""
+        d = asdict(self)
+        for k in ("epochs", "max_steps", "device", "logging_steps"):
+            d.pop(k)
+        return d
+
+
+LR_SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 
 
 class GeneMaskingCollator:
@@ -82,27 +107,86 @@ class GeneMaskingCollator:
 
     Returns ``input_ids``, ``attention_mask`` and ``labels`` (-100 where not selected) as long
     tensors of shape (batch, longest cell in the batch, at most ``max_length``).
+
+    The masking of a batch is drawn from its own generator, seeded by ``(seed, epoch, the batch's
+    token ids)``, never from the global RNG: a run resumed from a mid-epoch checkpoint masks every
+    later batch exactly as the uninterrupted run did (the Trainer restores the global RNG, used by
+    dropout, only after it has fetched the first resumed batch). ``epoch`` is set by
+    :class:`EpochLengthSampler`.
     """
 
-    def __init__(self, vocab: GeneVocab, max_length: int, mlm_probability: float = 0.15) -> None:
+    def __init__(self, vocab: GeneVocab, max_length: int, mlm_probability: float = 0.15, seed: int = 0) -> None:
         self.pad_id = vocab.pad_id
         self.mask_id = vocab.mask_id
         self.special = torch.tensor(vocab.special_ids)
         self.gene_ids = torch.tensor(sorted(set(vocab.token_dict.values()) - set(vocab.special_ids)))
         self.max_length = max_length
         self.p = mlm_probability
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _generator(self, ids: torch.Tensor) -> torch.Generator:
+        import hashlib
+
+        h = hashlib.blake2b(np.array([self.seed, self.epoch], dtype=np.int64).tobytes(), digest_size=8)
+        h.update(ids.numpy().tobytes())
+        return torch.Generator().manual_seed(int.from_bytes(h.digest(), "little") & (2**63 - 1))
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         ids, mask = pad_batch([f["input_ids"] for f in features], self.pad_id, self.max_length)
+        g = self._generator(ids)
         labels = ids.clone()
         candidates = mask.bool() & ~torch.isin(ids, self.special)
-        selected = (torch.rand(ids.shape) < self.p) & candidates
+        selected = (torch.rand(ids.shape, generator=g) < self.p) & candidates
         labels[~selected] = -100
-        to_mask = selected & (torch.rand(ids.shape) < 0.8)
-        to_random = selected & ~to_mask & (torch.rand(ids.shape) < 0.5)
+        to_mask = selected & (torch.rand(ids.shape, generator=g) < 0.8)
+        to_random = selected & ~to_mask & (torch.rand(ids.shape, generator=g) < 0.5)
         ids[to_mask] = self.mask_id
-        ids[to_random] = self.gene_ids[torch.randint(len(self.gene_ids), (int(to_random.sum()),))]
+        ids[to_random] = self.gene_ids[torch.randint(len(self.gene_ids), (int(to_random.sum()),), generator=g)]
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _epoch_sampler_class():
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class EpochLengthSampler(LengthGroupedSampler):
+        """Length-grouped batches (upstream's ``LengthGroupedSampler`` grouping) in an order drawn from
+        a generator seeded by ``(seed, epoch)`` alone, so a resumed run sees the same order; tells the
+        collator the epoch."""
+
+        def __init__(self, batch_size: int, lengths, seed: int, collator: GeneMaskingCollator) -> None:
+            super().__init__(batch_size, lengths=lengths)
+            self.seed, self.collator, self.epoch = int(seed), collator, 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = int(epoch)
+            self.collator.set_epoch(epoch)
+
+        def __iter__(self):
+            self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            return super().__iter__()
+
+    return EpochLengthSampler
+
+
+def _trainer(model, args, dataset, collator, callbacks=()):
+    """A Hugging Face Trainer whose training order depends on (seed, epoch) only (see :class:`GeneMaskingCollator`)."""
+    from transformers import Trainer
+
+    sampler_cls = _epoch_sampler_class()
+
+    class _GeneTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            ds = train_dataset if train_dataset is not None else self.train_dataset
+            lengths = ds["length"] if "length" in ds.column_names else [len(x) for x in ds["input_ids"]]
+            return sampler_cls(self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths,
+                               self.args.seed, collator)
+
+    return _GeneTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                        callbacks=list(callbacks) or None)
 
 
 def masked_gene_model(config, seed: int = 0):
@@ -177,7 +261,8 @@ def _training_args(cfg: PretrainConfig, out: Path, n_cells: int):
         data_seed=cfg.seed,
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        use_cpu=cfg.device == "cpu",
+        use_cpu=default_device(cfg.device).type == "cpu",  # CPU-only machines: gloo DDP under torchrun
+        ddp_find_unused_parameters=False,
         # pinned host memory only helps copies to a GPU (and warns without one)
         dataloader_pin_memory=cfg.device != "cpu" and torch.cuda.is_available(),
     )
@@ -190,8 +275,12 @@ def _training_args(cfg: PretrainConfig, out: Path, n_cells: int):
     return TrainingArguments(**kw)
 
 
+RUN_FILE = "pretrain_run.json"
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "config.json")
+
+
 def pretrain(dataset, vocab: GeneVocab, output_dir: str | Path, config: PretrainConfig | None = None,
-             overwrite: bool = False) -> PretrainResult:
+             overwrite: bool = False, callbacks: Sequence = ()) -> PretrainResult:
     """Pretrain a BERT encoder by masked gene prediction.
 
     Parameters
@@ -200,43 +289,52 @@ def pretrain(dataset, vocab: GeneVocab, output_dir: str | Path, config: Pretrain
         Tokenized :class:`datasets.Dataset` (``input_ids``, ``length``) from
         :class:`~netformer.tokenize.TranscriptomeTokenizer`.
     vocab
-        The vocabulary the dataset was tokenized with (saved beside the model).
+        The vocabulary the dataset was tokenized with (saved beside the model, with the tokenizer
+        settings the dataset records).
     output_dir
-        Holds ``checkpoints/`` (resumable), ``model/`` (final), ``loss_history.json``.
-        An existing directory with checkpoints but no final model is resumed; one with a final
-        model raises :class:`~netformer.errors.OutputExistsError` unless ``overwrite``.
+        Holds ``checkpoints/`` (resumable), ``model/`` (final), ``loss_history.json`` and
+        ``pretrain_run.json`` (the run's settings and data). A folder with checkpoints but no final
+        model is resumed, from the newest complete checkpoint (an incomplete one, left by a kill
+        during its write, is set aside as ``checkpoints/incomplete-checkpoint-N`` with a log line);
+        resuming reproduces the uninterrupted run exactly (same batches, masks and dropout).
+        Resuming with other settings or data raises :class:`ConfigError` (only ``epochs`` /
+        ``max_steps`` may change, to extend a run). A folder with a final model raises
+        :class:`~netformer.errors.OutputExistsError` unless ``overwrite``.
+    overwrite
+        Start afresh even if ``output_dir`` holds a run. The new run trains in a staging folder
+        beside it (``.NAME.overwrite``) and replaces the old one only when complete, so a kill
+        leaves the old results in place.
+    callbacks
+        Extra ``transformers.TrainerCallback`` objects.
 
     Raises
     ------
     DictionaryError
-        If the dataset's token ids exceed the vocabulary.
+        The dataset was tokenized with another dictionary, or holds token ids beyond it.
+    InputDataError
+        Empty dataset or empty cells.
+    ConfigError
+        Resuming with other settings; invalid settings (checked by :class:`PretrainConfig`).
     """
     import time
 
-    from transformers import Trainer
-    from transformers.trainer_utils import get_last_checkpoint
-
     cfg = config or PretrainConfig()
-    out = Path(output_dir)
-    if (out / "model").exists():
-        check_output(out / "model", overwrite)
+    final = Path(output_dir)
     vocab = resolve_vocab(None, dataset, vocab)  # the cells' dictionary must be this one
     check_dataset(dataset, vocab.vocab_size)
     mcfg = model_config(cfg.preset, vocab=vocab, **(cfg.model_overrides or {}))
     max_len = min(cfg.max_length or mcfg.max_position_embeddings, mcfg.max_position_embeddings)
+    run = {"settings": cfg.run_settings(), "data": _data_fingerprint(dataset), "vocab_digest": vocab.digest}
+    out = _run_folder(final, run, overwrite)
     model = masked_gene_model(mcfg, seed=cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("pretraining %s (%.2fM parameters) on %d cells, max length %d", cfg.preset, n_params / 1e6,
-             len(dataset), max_len)
-    out.mkdir(parents=True, exist_ok=True)
+    log.info("pretraining %s (%.2fM parameters) on %d cells, max length %d, in %s", cfg.preset, n_params / 1e6,
+             len(dataset), max_len, out)
     args = _training_args(cfg, out, len(dataset))
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=GeneMaskingCollator(vocab, max_len, cfg.mlm_probability),
-    )
-    resume = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").exists() else None
+    collator = GeneMaskingCollator(vocab, max_len, cfg.mlm_probability, seed=cfg.seed)
+    trainer = _trainer(model, args, dataset, collator, callbacks)
+    resume = _last_complete_checkpoint(out / "checkpoints") if trainer.is_world_process_zero() else \
+        _last_complete_checkpoint(out / "checkpoints", set_aside=False)
     if resume:
         log.info("resuming from %s", resume)
     t0 = time.perf_counter()
@@ -244,12 +342,81 @@ def pretrain(dataset, vocab: GeneVocab, output_dir: str | Path, config: Pretrain
     seconds = time.perf_counter() - t0
     history = [h for h in trainer.state.log_history if "loss" in h]
     if trainer.is_world_process_zero():  # under torchrun / accelerate only the main process writes
-        save_model(_as_plain_mlm(trainer.model.cpu()), out / "model", vocab=vocab, overwrite=overwrite,
+        save_model(_as_plain_mlm(trainer.model.cpu()), out / "model", vocab=vocab, overwrite=True,
                    tokenizer=_tokenizer_settings(dataset))
         with atomic_file(out / "loss_history.json") as tmp:
             tmp.write_text(json.dumps({"config": asdict(cfg), "history": history}, indent=1, default=str))
-    return PretrainResult(out / "model", history, seconds, len(dataset), trainer.state.global_step,
+        if out != final:
+            replace_dir(out, final)
+    return PretrainResult(final / "model", history, seconds, len(dataset), trainer.state.global_step,
                           resumed_from=resume)
+
+
+def _data_fingerprint(dataset) -> dict:
+    """Number of cells and a digest of the lengths and the first and last cells' tokens."""
+    import hashlib
+
+    h = hashlib.sha256()
+    n = len(dataset)
+    for i in sorted({0, n // 2, n - 1}):
+        h.update(np.asarray(dataset[i]["input_ids"], dtype=np.int64).tobytes())
+    if "length" in dataset.column_names:
+        h.update(np.asarray(dataset["length"], dtype=np.int64).tobytes())
+    return {"n_cells": n, "digest": h.hexdigest()[:16]}
+
+
+def _run_folder(final: Path, run: dict, overwrite: bool) -> Path:
+    """Where this run trains: ``final`` (new or resumed) or, with ``overwrite`` over an existing run, a
+    staging folder beside it. Refuses a finished run without ``overwrite`` and a resume with other
+    settings; writes ``pretrain_run.json``."""
+    has_run = (final / "model").exists() or (final / "checkpoints").exists() or (final / RUN_FILE).exists()
+    if has_run and overwrite:
+        out = final.parent / f".{final.name}.overwrite"
+        if os.environ.get("RANK", "0") == "0":
+            remove_dir(out)  # a staging folder left by a killed overwrite
+    else:
+        out = final
+        if (final / "model").exists():
+            check_output(final / "model", overwrite=False)
+        if (final / RUN_FILE).exists():
+            old = json.loads((final / RUN_FILE).read_text())
+            diff = [k for k in run["settings"] if old.get("settings", {}).get(k) != run["settings"][k]]
+            if old.get("data") != run["data"] or old.get("vocab_digest") != run["vocab_digest"]:
+                diff.append("the tokenized cells")
+            if diff:
+                raise ConfigError(f"{final} holds an unfinished run with other settings ({', '.join(diff)}); "
+                                  "resume with the same settings and data, choose another output folder, or pass "
+                                  "overwrite=True (CLI: --overwrite) to start afresh")
+    out.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("RANK", "0") == "0":
+        with atomic_file(out / RUN_FILE) as tmp:
+            tmp.write_text(json.dumps(run, indent=1, default=str))
+    return out
+
+
+def _last_complete_checkpoint(folder: Path, set_aside: bool = True) -> str | None:
+    """The newest checkpoint of ``folder`` that holds every file a resume needs; incomplete newer ones
+    (a kill during their write) are renamed ``incomplete-checkpoint-N`` with a log line."""
+    if not folder.is_dir():
+        return None
+    ckpts = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.startswith("checkpoint-")
+                    and p.name.split("-")[-1].isdigit()), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for ck in ckpts:
+        complete = all((ck / f).exists() for f in CHECKPOINT_FILES) and any(
+            (ck / f).exists() for f in ("model.safetensors", "pytorch_model.bin"))
+        if complete:
+            try:
+                json.loads((ck / "trainer_state.json").read_text())
+                return str(ck)
+            except ValueError:
+                pass
+        if set_aside:
+            dest = ck.with_name(f"incomplete-{ck.name}")
+            remove_dir(dest)
+            os.replace(ck, dest)
+            log.warning("checkpoint %s is incomplete (a run killed while writing it); set aside as %s, "
+                        "resuming from the previous one", ck, dest.name)
+    return None
 
 
 def _tokenizer_settings(dataset) -> dict | None:

@@ -77,7 +77,12 @@ class TokenizerConfig:
         ``filter_pass``). Ignored (with a log line) when the column is absent.
     n_counts_column
         obs column with each cell's total count; when absent the total is computed from the
-        file over all genes (the same definition) and a warning is logged.
+        file over all genes (the same definition) and a warning is logged. Values that are not
+        positive finite numbers (NaN, zero, negative, text) raise :class:`InputDataError` naming the
+        cells, unless ``n_counts_fallback="row_sum"``.
+    n_counts_fallback
+        ``None`` (default: refuse bad ``n_counts`` values) or ``"row_sum"``: use those cells' total
+        count over all genes of the file instead (logged with the number of cells).
     check_counts
         Raise on NaN, infinite, negative or non-integer counts (default True).
     layer
@@ -94,6 +99,7 @@ class TokenizerConfig:
     n_counts_column: str = "n_counts"
     check_counts: bool = True
     layer: str | None = None
+    n_counts_fallback: str | None = None
 
     def __post_init__(self) -> None:
         if self.model_input_size < 3:
@@ -102,6 +108,8 @@ class TokenizerConfig:
             raise ConfigError("chunk_size must be positive")
         if self.target_sum <= 0:
             raise ConfigError("target_sum must be positive")
+        if self.n_counts_fallback not in (None, "row_sum"):
+            raise ConfigError(f"n_counts_fallback must be None or 'row_sum', got {self.n_counts_fallback!r}")
 
 
 @dataclass
@@ -264,7 +272,8 @@ class TranscriptomeTokenizer:
         used, col = np.unique(mapped[ok].astype(str), return_inverse=True)
         n_dup = int(ok.sum() - used.size)
         if n_dup:
-            log.info("%s: %d genes share an id after mapping; their counts are summed", name, n_dup)
+            log.warning("%s: %d genes share an Ensembl id after mapping (upper-cased ids, Ensembl mapping "
+                        "dictionary); their counts are summed, as upstream does", name, n_dup)
         agg = sp.csr_matrix(
             (np.ones(ok.sum()), (np.flatnonzero(ok), col)), shape=(len(mapped), used.size)
         )
@@ -277,6 +286,25 @@ class TranscriptomeTokenizer:
         summary.n_genes_mapped += int(used.size)
         summary.n_duplicate_ids += n_dup
         return agg, tokens, medians
+
+    def _n_counts(self, obs: pd.DataFrame, name: str, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """``obs[n_counts_column]`` as float64 and the mask of cells whose value is not a positive finite
+        number; raises :class:`InputDataError` naming such cells unless the row-sum fallback is on."""
+        col = self.config.n_counts_column
+        values = pd.to_numeric(obs[col], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(values) | (values <= 0)
+        considered = bad if mask is None else bad & mask
+        n_bad = int(considered.sum())
+        if n_bad:
+            cells = list(obs.index[considered][:5])
+            if self.config.n_counts_fallback != "row_sum":
+                raise InputDataError(
+                    f"{name}: obs[{col!r}] is missing, zero, negative or not a number for {n_bad} cells (e.g. {cells}); "
+                    f"fix the column, delete it to use each cell's total count, or pass n_counts_fallback='row_sum' "
+                    "(CLI: --n-counts-fallback row-sum) to use the total count for those cells")
+            log.warning("%s: obs[%r] is not a positive number for %d cells (e.g. %s); using their total count over "
+                        "all genes instead (n_counts_fallback='row_sum')", name, col, n_bad, cells)
+        return values, bad
 
     def _check_counts(self, block: sp.csr_matrix, name: str, first_row: int) -> None:
         data = block.data
@@ -310,6 +338,7 @@ class TranscriptomeTokenizer:
         if not has_n_counts:
             log.warning("%s has no obs[%r]; using each cell's total count over all genes in the file",
                         src.name, cfg.n_counts_column)
+        given, bad = self._n_counts(obs, src.name, mask) if has_n_counts else (None, None)
         keep_cols = dict(cfg.obs_columns) if isinstance(cfg.obs_columns, Mapping) else {c: c for c in cfg.obs_columns}
         missing = [c for c in keep_cols if c not in obs.columns]
         if missing:
@@ -325,7 +354,9 @@ class TranscriptomeTokenizer:
             if cfg.check_counts:
                 self._check_counts(block, src.name, int(rows[0]))
             total = block.sum(axis=1).A1.astype(np.float64)
-            n_counts = np.asarray(obs[cfg.n_counts_column].to_numpy()[rows], dtype=np.float64) if has_n_counts else total
+            n_counts = total
+            if given is not None:
+                n_counts = np.where(bad[rows], total, given[rows])
             genes = sp.csr_matrix(block @ agg)
             genes.eliminate_zeros()
             mapped_total = genes.sum(axis=1).A1.astype(np.float64)
@@ -382,9 +413,10 @@ class TranscriptomeTokenizer:
         """
         import datasets
 
+        self.summary = TokenizeSummary()
         tables = list(self.iter_tables(source))
         if not tables:
-            raise InputDataError("no cell was tokenized: all cells were filtered out or had no mapped gene")
+            raise InputDataError(_nothing_tokenized(self.summary))
         return datasets.Dataset(pa.concat_tables(tables), info=self._dataset_info())
 
     def settings(self) -> dict:
@@ -416,18 +448,21 @@ class TranscriptomeTokenizer:
         self.summary = TokenizeSummary()
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
             raw = tmp / "_raw.arrow"
-            schema = None
-            with ArrowWriter(path=str(raw)) as writer:
+            schema, writer = None, None
+            try:
                 for source in sources:
                     for table in self.iter_tables(source):
-                        if schema is None:
-                            schema = table.schema
+                        if writer is None:  # opened on the first cell: an empty writer cannot infer a schema
+                            writer, schema = ArrowWriter(path=str(raw)), table.schema
                         elif table.schema != schema:
                             table = table.cast(schema)
                         writer.write_table(table)
+                if writer is None:
+                    raise InputDataError(_nothing_tokenized(self.summary))
                 writer.finalize()
-            if self.summary.n_cells_out == 0:
-                raise InputDataError("no cell was tokenized: all cells were filtered out or had no mapped gene")
+            finally:
+                if writer is not None:
+                    writer.close()
             ds = datasets.Dataset.from_file(str(raw), info=self._dataset_info())
             ds.save_to_disk(str(tmp / "dataset"))
             del ds
@@ -445,6 +480,12 @@ class TranscriptomeTokenizer:
         log.info("tokenized %d cells (mean length %.0f) into %s", self.summary.n_cells_out,
                  self.summary.mean_length, out_dir)
         return self.summary
+
+
+def _nothing_tokenized(s: TokenizeSummary) -> str:
+    return (f"no cell was tokenized: {s.n_cells_in} cells in the input, {s.n_cells_filtered} filtered out "
+            f"(obs filter_pass), {s.n_cells_no_genes} with no gene of the token dictionary; give cells with counts "
+            "on the dictionary's genes (check the gene ids and the filter column)")
 
 
 def _arrow_friendly(values: np.ndarray) -> np.ndarray | list:

@@ -17,6 +17,7 @@ from ..classify.config import SCHEDULES
 from ..encoder import POOLINGS
 from ..model import PRESETS
 from ..perturb import PERTURBATIONS
+from ..perturb.run import MODES
 from ..pretrain import LR_SCHEDULERS
 from ..select.active import STRATEGIES
 from ..select.benchmark import MODELS
@@ -43,9 +44,8 @@ Strategy = choices("Strategy", STRATEGIES)
 Missing = choices("Missing", MISSING_POLICIES)
 BenchmarkModel = choices("BenchmarkModel", MODELS)
 PretrainSchedule = choices("PretrainSchedule", LR_SCHEDULERS)
-# No constant in the library yet for these (PerturbConfig and FinetuneConfig check literal tuples):
-# keep in step with them.
-Mode = choices("Mode", ("exact", "screen"))
+Mode = choices("Mode", MODES)
+# No constant in the library yet for these (FinetuneConfig checks a literal): keep in step with it.
 ClassWeights = choices("ClassWeights", ("balanced",))
 Task = choices("Task", ("cell", "gene"))
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -36,7 +35,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .._io import atomic_file, check_output
+from .._io import atomic_file, check_output, remove_dir, replace_dir
 from ..encoder import POOLINGS, base_model, check_dataset, model_device, n_kept_layers
 from ..errors import ConfigError, GeneIdError, InputDataError
 from ..genes import GeneVocab, resolve_vocab
@@ -49,6 +48,7 @@ from .select_cells import CellStates, resolve_genes, select_cells
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+MODES = ("exact", "screen")
 
 
 @dataclass
@@ -120,8 +120,8 @@ class PerturbConfig:
     def __post_init__(self) -> None:
         if self.perturbation not in PERTURBATIONS:
             raise ConfigError(f"unknown perturbation {self.perturbation!r}; choose one of {PERTURBATIONS}")
-        if self.mode not in ("exact", "screen"):
-            raise ConfigError("mode must be 'exact' or 'screen'")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if isinstance(self.genes, str):
             if self.genes != "all":
                 self.genes = [self.genes]
@@ -133,8 +133,12 @@ class PerturbConfig:
             raise ConfigError("anchor pairs the anchor with every expressed gene: use genes='all' with anchor")
         if self.mode == "screen" and (self.genes != "all" or self.anchor is not None):
             raise ConfigError("mode='screen' ranks all genes of a cell one at a time: use genes='all' and no anchor")
-        if self.top_k < 1 or self.batch_size < 1 or self.chunk_cells < 1:
-            raise ConfigError("top_k, batch_size and chunk_cells must be positive")
+        if self.top_k < 1 or self.batch_size < 1 or self.chunk_cells < 1 or self.max_state_cells < 1:
+            raise ConfigError("top_k, batch_size, chunk_cells and max_state_cells must be positive")
+        if self.max_cells is not None and self.max_cells < 1:
+            raise ConfigError(f"max_cells must be a positive number of cells (or None for all), got {self.max_cells}")
+        if self.max_chunks is not None and self.max_chunks < 1:
+            raise ConfigError(f"max_chunks must be positive (or None), got {self.max_chunks}")
         if not 0 < self.fraction <= 1:
             raise ConfigError("fraction must be in (0, 1]")
         if self.pooling not in POOLINGS:
@@ -352,9 +356,10 @@ def perturb(
     cells = select_cells(dataset, cfg.cell_filter, states, cfg.max_cells, cfg.seed)
     _check_expressed(dataset, cells, genes_tok, anchor_tok, cfg, vocab)
 
-    out = Path(out_dir) if out_dir is not None else None
+    final = Path(out_dir) if out_dir is not None else None
     chunks = [cells[i: i + cfg.chunk_cells] for i in range(0, len(cells), cfg.chunk_cells)]
-    manifest = _open_run(out, _fingerprint(cfg, cells, base, states, len(dataset)), len(chunks), cfg, overwrite)
+    out, manifest = _open_run(final, _fingerprint(cfg, cells, base, states, len(dataset)), len(chunks), cfg,
+                              overwrite)
     state_pos = _state_positions(base, dataset, states, vocab, cfg, device, out) if states is not None else {}
     goal_vecs = _goal_vectors(states, state_pos)
 
@@ -389,6 +394,9 @@ def perturb(
     res_df = res_df if res_df is not None else pd.DataFrame()
     if out is not None and complete:
         _write_final(out, res_df, gen_df, skipped_total)
+        if out != final:
+            replace_dir(out, final)
+            out = final
     return PerturbResult(res_df, gen_df, skipped_total, complete, state_pos, out)
 
 
@@ -407,30 +415,50 @@ def _check_expressed(dataset, cells: np.ndarray, genes_tok, anchor_tok, cfg: Per
         log.warning("genes not expressed in any selected cell: %s", absent)
 
 
-def _open_run(out: Path | None, fingerprint: str, n_chunks: int, cfg: PerturbConfig, overwrite: bool) -> dict:
-    """The run's manifest: a fresh one, or the one of an unfinished run with the same fingerprint.
+def _open_run(final: Path | None, fingerprint: str, n_chunks: int, cfg: PerturbConfig,
+              overwrite: bool) -> tuple[Path | None, dict]:
+    """The folder this run writes into and its manifest: a fresh run, or the unfinished run with the
+    same fingerprint (resumed).
 
-    A finished run in ``out`` is replaced only with ``overwrite`` (else :class:`OutputExistsError`);
-    an unfinished run with other settings raises :class:`ConfigError` unless ``overwrite``.
+    A finished run in ``final``, or an unfinished one with other settings, is replaced only with
+    ``overwrite`` (else :class:`OutputExistsError` / :class:`ConfigError`); the new run then works in
+    a staging folder beside it (``.NAME.overwrite``, itself resumable) and replaces ``final`` only
+    when complete, so a kill never leaves neither.
     """
     manifest = {"fingerprint": fingerprint, "n_chunks": n_chunks, "done": {}, "config": asdict(cfg)}
-    if out is None:
-        return manifest
-    if (out / "results.parquet").exists():
-        check_output(out, overwrite)
-        shutil.rmtree(out)
-    elif (out / MANIFEST).exists():
-        old = json.loads((out / MANIFEST).read_text())
-        if old["fingerprint"] == fingerprint:
-            manifest = old
-            log.info("resuming: %d of %d chunks already done", len(old["done"]), n_chunks)
-        elif overwrite:
-            shutil.rmtree(out)
-        else:
-            raise ConfigError(f"{out} holds an unfinished run with different settings, model or cells; "
-                              "choose another out_dir or pass overwrite=True")
+    if final is None:
+        return None, manifest
+    old = _read_manifest(final)
+    finished = (final / "results.parquet").exists()
+    if not finished and old is not None and old["fingerprint"] == fingerprint:
+        log.info("resuming: %d of %d chunks already done", len(old["done"]), n_chunks)
+        return final, old
+    out = final
+    if finished or old is not None:
+        if not overwrite:
+            if finished:
+                check_output(final, overwrite=False)
+            raise ConfigError(f"{final} holds an unfinished run with different settings, model or cells; "
+                              "choose another out_dir or pass overwrite=True (CLI: --overwrite)")
+        out = final.parent / f".{final.name}.overwrite"
+        staged = _read_manifest(out)
+        if staged is not None and staged["fingerprint"] == fingerprint and not (out / "results.parquet").exists():
+            log.info("resuming the replacement run in %s: %d of %d chunks done", out, len(staged["done"]), n_chunks)
+            return out, staged
+        remove_dir(out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
-    return manifest
+    return out, manifest
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        log.warning("%s is unreadable (a kill while it was written?); starting that run afresh", path)
+        return None
 
 
 def _state_positions(base, dataset, states: CellStates, vocab: GeneVocab, cfg: PerturbConfig, device,

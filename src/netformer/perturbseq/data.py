@@ -30,6 +30,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import CorruptFileError, GeneIdError, InputDataError
+from .._state import preserved_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -534,7 +535,7 @@ class PerturbData:
             sub = ad.AnnData(X=self.adata.X[mask], obs=self.adata.obs[["condition"]].iloc[np.flatnonzero(mask)].copy())
             sub.var_names = self.adata.var_names
             sub.obs["condition"] = sub.obs["condition"].astype(str).astype("category")
-            with warnings.catch_warnings():  # scanpy's own pandas PerformanceWarnings
+            with warnings.catch_warnings(), preserved_torch_threads():  # scanpy's pandas warnings; its threads
                 warnings.simplefilter("ignore", category=pd.errors.PerformanceWarning)
                 sc.tl.rank_genes_groups(
                     sub, groupby="condition", groups=groups, reference=CONTROL, rankby_abs=True,
