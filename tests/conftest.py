@@ -86,7 +86,7 @@ def tiny_pretrained(scrna, tmp_path_factory) -> TinyModel:
     pooled = datasets.concatenate_datasets([pbmc.select_columns(["input_ids", "length"]),
                                             kang.select_columns(["input_ids", "length"])])
     out = tmp_path_factory.mktemp("tiny_pretrained")
-    cfg = PretrainConfig(preset="tiny", max_length=256, max_steps=150, batch_size=16, learning_rate=2e-3,
-                         warmup_steps=30, save_steps=150, logging_steps=10, seed=0)
+    cfg = PretrainConfig(preset="tiny", max_length=256, max_steps=200, batch_size=16, learning_rate=2e-3,
+                         warmup_steps=30, save_steps=200, logging_steps=10, seed=0)
     result = pretrain(pooled, vocab, out, cfg)
     return TinyModel(result.model_dir, vocab, pbmc, kang, result)

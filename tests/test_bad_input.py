@@ -14,7 +14,6 @@ import stat
 import anndata as ad
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from netformer.errors import ConfigError, InputDataError
 from netformer.tokenize import TranscriptomeTokenizer

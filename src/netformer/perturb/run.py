@@ -72,6 +72,9 @@ class PerturbConfig:
         needs ``genes="all"`` and no anchor).
     top_k
         Genes per cell evaluated exactly in screen mode.
+    screen_anchors
+        Screen mode, deletion toward a goal: exact position-shift effects at this many positions per
+        cell, interpolated (:func:`~netformer.perturb.screen.screen_cell`; 0 = first-order estimate).
     layer, pooling
         Embedding layer (hidden-state index, -2 = second to last) and pooling (``mean``/``cls``).
     batch_size
@@ -103,6 +106,7 @@ class PerturbConfig:
     fraction: float = 0.25
     mode: str = "exact"
     top_k: int = 20
+    screen_anchors: int = 8
     layer: int = -2
     pooling: str = "mean"
     batch_size: int = 64
@@ -135,6 +139,8 @@ class PerturbConfig:
             raise ConfigError("mode='screen' ranks all genes of a cell one at a time: use genes='all' and no anchor")
         if self.top_k < 1 or self.batch_size < 1 or self.chunk_cells < 1 or self.max_state_cells < 1:
             raise ConfigError("top_k, batch_size, chunk_cells and max_state_cells must be positive")
+        if self.screen_anchors < 0:
+            raise ConfigError(f"screen_anchors must be >= 0, got {self.screen_anchors}")
         if self.max_cells is not None and self.max_cells < 1:
             raise ConfigError(f"max_cells must be a positive number of cells (or None for all), got {self.max_cells}")
         if self.max_chunks is not None and self.max_chunks < 1:
@@ -244,7 +250,7 @@ def _process_cell(ev: ExactEvaluator, ids: list[int], sets, cfg, vocab, goal_vec
     if cfg.mode == "screen":
         goal = goal_vecs.get("__goal__")
         positions, est = screen_cell(ev.base, ids, vocab.special_ids, cfg.perturbation, goal, cfg.fraction,
-                                     vocab.cls_id, vocab.eos_id)
+                                     vocab.cls_id, vocab.eos_id, anchors=cfg.screen_anchors)
         sets = [(int(ids[p]),) for p in positions]
         chosen = np.argsort(-est, kind="stable")[: cfg.top_k]
     else:
