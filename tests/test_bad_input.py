@@ -48,6 +48,16 @@ def test_n_counts_row_sum_fallback_equals_the_file_totals(tiny_pretrained, kang,
     assert got[3] != sorted(got[3])
 
 
+def test_filter_pass_as_strings(tiny_pretrained, kang):
+    a = kang.copy()
+    a.obs["filter_pass"] = ["True" if i % 2 else "False" for i in range(a.n_obs)]
+    ds = TranscriptomeTokenizer(tiny_pretrained.vocab, model_input_size=64).tokenize(a)
+    assert list(ds["cell_id"]) == list(a.obs_names[1::2])
+    a.obs["filter_pass"] = ["maybe"] * a.n_obs
+    with pytest.raises(InputDataError, match="neither pass nor fail"):
+        TranscriptomeTokenizer(tiny_pretrained.vocab, model_input_size=64).tokenize(a)
+
+
 def test_no_cell_tokenized_is_one_clear_error(tiny_pretrained, kang, tmp_path):
     a = kang.copy()
     a.obs["filter_pass"] = 0

@@ -98,3 +98,42 @@ def test_resume_with_other_settings_is_refused(cells, tmp_path):
     r = run(cells, out, "--lr", "1e-3")
     assert r.returncode != 0 and "other settings (learning_rate)" in r.stderr
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+
+
+@pytest.fixture(scope="module")
+def kang_folder(tiny_pretrained, tmp_path_factory) -> Path:
+    """256-token Kang cells on disk with their dictionary (as ``netformer tokenize`` writes them)."""
+    out = tmp_path_factory.mktemp("perturb_resume") / "kang"
+    tiny_pretrained.kang.select(range(990, 1030)).save_to_disk(str(out))
+    tiny_pretrained.vocab.save(out / "vocab")
+    return out
+
+
+def perturb_cli(model, data, out, *extra) -> subprocess.Popen:
+    args = [sys.executable, "-m", "netformer", "perturb", str(model), str(data), "--out", str(out), "--device", "cpu",
+            "--state-column", "condition", "--start", "stim", "--goal", "ctrl", "--max-cells", "12",
+            "--chunk-cells", "1", *extra]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_kill_during_perturb_overwrite_keeps_old_results_and_resumes_exactly(tiny_pretrained, kang_folder, tmp_path):
+    import time
+
+    out, fresh = tmp_path / "isp", tmp_path / "fresh"
+    assert perturb_cli(tiny_pretrained.model_dir, kang_folder, out, "--seed", "1").wait(600) == 0
+    old = (out / "results.parquet").read_bytes()
+    job = perturb_cli(tiny_pretrained.model_dir, kang_folder, out, "--overwrite")
+    staging = tmp_path / ".isp.overwrite" / "manifest.json"
+    t0 = time.time()
+    while time.time() - t0 < 300:  # kill -9 once the replacement run has finished its first chunk
+        if staging.exists() and '"0"' in staging.read_text():
+            break
+        time.sleep(0.05)
+    job.kill()
+    assert job.wait() == -9
+    assert (out / "results.parquet").read_bytes() == old  # the old results survive
+    assert perturb_cli(tiny_pretrained.model_dir, kang_folder, out, "--overwrite").wait(600) == 0
+    assert perturb_cli(tiny_pretrained.model_dir, kang_folder, fresh).wait(600) == 0
+    assert (out / "results.parquet").read_bytes() == (fresh / "results.parquet").read_bytes() != old
+    assert not (tmp_path / ".isp.overwrite").exists()

@@ -140,8 +140,14 @@ def pool(hidden: torch.Tensor, ids: torch.Tensor, special: torch.Tensor, pooling
     keep = ~torch.isin(ids, special.to(ids.device))
     if mask is not None:
         keep &= mask.bool()
+    return masked_mean(hidden, keep)
+
+
+def masked_mean(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` (..., L, H) over the positions where ``keep`` (..., L; bool or 0/1 weights) is
+    set: (..., H). The one mean-pooling formula (also differentiated through by the screen)."""
     w = keep.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * w).sum(1) / w.sum(1).clamp(min=1.0)
+    return (hidden * w).sum(-2) / w.sum(-2).clamp(min=1.0)
 
 
 def special_tensor(vocab, device=None) -> torch.Tensor:

@@ -330,7 +330,7 @@ class TranscriptomeTokenizer:
         mask = None
         if cfg.filter_column:
             if cfg.filter_column in obs.columns:
-                mask = np.asarray(obs[cfg.filter_column]).astype(float) == 1
+                mask = _filter_mask(obs[cfg.filter_column], src.name, cfg.filter_column)
                 summary.n_cells_filtered += int((~mask).sum())
             else:
                 log.debug("%s has no obs column %r; tokenizing all cells", src.name, cfg.filter_column)
@@ -480,6 +480,26 @@ class TranscriptomeTokenizer:
         log.info("tokenized %d cells (mean length %.0f) into %s", self.summary.n_cells_out,
                  self.summary.mean_length, out_dir)
         return self.summary
+
+
+_TRUE = {"1", "1.0", "true", "t", "yes", "y", "pass", "passed"}
+_FALSE = {"0", "0.0", "false", "f", "no", "n", "fail", "failed"}
+
+
+def _filter_mask(values: pd.Series, name: str, column: str) -> np.ndarray:
+    """Cells that pass ``obs[column]`` (upstream's ``filter_pass``): 1/True, or the strings
+    "1"/"true"/"yes"/"pass" (any case). Raises :class:`InputDataError` naming the values that are neither."""
+    if values.dtype.kind in "biuf":
+        v = values.to_numpy(dtype=np.float64)
+        if np.isnan(v).any():
+            raise InputDataError(f"{name}: obs[{column!r}] has missing values; give 1 (keep) or 0 (drop) for every cell")
+        return v == 1
+    text = values.astype(str).str.strip().str.lower()
+    bad = sorted(set(text[~text.isin(_TRUE | _FALSE)]))
+    if bad:
+        raise InputDataError(f"{name}: obs[{column!r}] holds values that are neither pass nor fail ({bad[:5]}); "
+                             "give 1/True to keep a cell and 0/False to drop it")
+    return text.isin(_TRUE).to_numpy()
 
 
 def _nothing_tokenized(s: TokenizeSummary) -> str:

@@ -45,6 +45,7 @@ Missing = choices("Missing", MISSING_POLICIES)
 BenchmarkModel = choices("BenchmarkModel", MODELS)
 PretrainSchedule = choices("PretrainSchedule", LR_SCHEDULERS)
 Mode = choices("Mode", MODES)
+NCountsFallback = choices("NCountsFallback", ("row-sum",))
 # No constant in the library yet for these (FinetuneConfig checks a literal): keep in step with it.
 ClassWeights = choices("ClassWeights", ("balanced",))
 Task = choices("Task", ("cell", "gene"))

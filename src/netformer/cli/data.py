@@ -7,7 +7,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ._common import Overwrite
+from ._common import NCountsFallback, Overwrite
 
 
 def tokenize(
@@ -24,6 +24,11 @@ def tokenize(
     gene_id_column: Annotated[str, typer.Option(help="var column with gene ids ('auto': detect; 'none': the "
                                                      "var index).")] = "auto",
     chunk_size: Annotated[int, typer.Option(help="Cells per chunk (bounds memory).")] = 1024,
+    layer: Annotated[Optional[str], typer.Option("--layer", help="Read counts from this AnnData layer (e.g. counts) "
+                                                                 "instead of X.")] = None,
+    n_counts_fallback: Annotated[Optional[NCountsFallback], typer.Option(
+        "--n-counts-fallback", help="row-sum: cells whose obs n_counts is missing, zero, negative or not a number "
+                                    "use their total count over all genes (logged); default: refuse them.")] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Rank value encoding of count files into a Hugging Face dataset directory (with its dictionary in vocab/).
@@ -33,15 +38,19 @@ def tokenize(
     """
     from ..errors import ConfigError
     from ..genes import GeneVocab
-    from ..tokenize import TranscriptomeTokenizer
+    from .._io import check_output
+    from ..tokenize import TokenizerConfig, TranscriptomeTokenizer
     from ..tokenize import build_vocab as build
 
     if build_vocab == (vocab is not None):
         raise ConfigError("give exactly one of --vocab DIR and --build-vocab")
-    v = build(inputs) if build_vocab else GeneVocab.load(vocab)
-    tok = TranscriptomeTokenizer(v, model_input_size=input_size, obs_columns=obs_column,
-                                 gene_id_column=None if gene_id_column == "none" else gene_id_column,
-                                 chunk_size=chunk_size)
+    check_output(output, overwrite)
+    gid = None if gene_id_column == "none" else gene_id_column
+    tok_cfg = TokenizerConfig(model_input_size=input_size, obs_columns=obs_column, gene_id_column=gid,
+                              chunk_size=chunk_size, layer=layer,
+                              n_counts_fallback=None if n_counts_fallback is None else "row_sum")
+    v = build(inputs, gene_id_column=gid, layer=layer) if build_vocab else GeneVocab.load(vocab)
+    tok = TranscriptomeTokenizer(v, tok_cfg)
     s = tok.write(inputs, output, overwrite=overwrite)
     typer.echo(f"{s.n_cells_out} cells, mean length {s.mean_length:.0f}, "
                f"{s.mapped_count_fraction:.1%} of counts on dictionary genes -> {output}")

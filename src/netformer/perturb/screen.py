@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..encoder import base_model
+from ..encoder import base_model, masked_mean
 from .ops import CellLayout, shift_size
 
 
@@ -166,7 +166,7 @@ def _shift_gradients(base, ids, gene_mask: torch.Tensor, goal: torch.Tensor):
         x0, _ = gated_forward(base, ids)
         x = x0.detach().requires_grad_(True)
         _, h = gated_forward(base, ids, gate=gate, x=x)
-        e = (h * gene_mask[:, None]).sum(0) / gene_mask.sum()
+        e = masked_mean(h, gene_mask)
         f = torch.nn.functional.cosine_similarity(e, goal, dim=0)
         d_gate, d_x = torch.autograd.grad(f, (gate, x), allow_unused=True)
         if d_gate is None:  # no encoder layer kept (layer=0): no token sees another, the context term is zero
@@ -189,7 +189,7 @@ def _anchored_shift(base, ids, gene_mask: torch.Tensor, goal: torch.Tensor, posi
         pos = torch.arange(len(t), device=dev)
         pos[q + 1:] -= 1
         _, h = gated_forward(base, ids, x=words + emb.position_embeddings(pos))
-        e = (h * gene_mask[:, None]).sum(0) / gene_mask.sum()
+        e = masked_mean(h, gene_mask)
         vals.append(float(torch.nn.functional.cosine_similarity(e, goal, dim=0)) - f0)
     return np.interp(positions, qs, np.asarray(vals))
 
@@ -200,7 +200,7 @@ def _pooled_deletion(h: torch.Tensor, gene_mask: torch.Tensor, positions: np.nda
     With ``goal``: (n_genes,) cosine of that mean with the goal; without: ``1 - cos`` with the
     original cell embedding."""
     n = gene_mask.sum()
-    e = (h * gene_mask[:, None]).sum(0) / n
+    e = masked_mean(h, gene_mask)
     ep = (e[None, :] * n - h[positions]) / (n - 1)
     if goal is None:
         return 1 - torch.nn.functional.cosine_similarity(ep, e[None, :], dim=-1)
