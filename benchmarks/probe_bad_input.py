@@ -95,7 +95,7 @@ def write(adata: ad.AnnData, path: Path) -> Path:
 def p_n_counts(value, fallback=False):
     def setup(d, s):
         a = s.adata()
-        col = a.obs["n_counts"].astype(object) if isinstance(value, str) else a.obs["n_counts"].copy()
+        col = a.obs["n_counts"].astype(str) if isinstance(value, str) else a.obs["n_counts"].copy()
         col.iloc[[2, 5]] = value
         a.obs["n_counts"] = col
         args = ["tokenize", write(a, d / "in.h5ad"), "--vocab", s.tokenized / "vocab", "--out", d / "out"]
@@ -126,6 +126,9 @@ def p_lognorm(layer):
 
 
 def p_readonly(d, s):
+    if os.geteuid() == 0:  # root writes through 0555 folders: use a path below a regular file instead
+        (d / "a_file").write_text("x")
+        return ["tokenize", s.h5ad, "--vocab", s.tokenized / "vocab", "--out", d / "a_file" / "out"]
     ro = d / "ro"
     ro.mkdir()
     os.chmod(ro, 0o555)
@@ -183,7 +186,8 @@ def p_pretrain_empty(d, s):
 
 def p_embed(*extra, model=None, data=None):
     def setup(d, s):
-        return ["embed", model(d, s) if model else s.model, data(d, s) if data else s.tokenized, *extra]
+        extra_ = [str(d / a) if a.startswith("x.") else a for a in extra]  # outputs inside the probe's folder
+        return ["embed", model(d, s) if model else s.model, data(d, s) if data else s.tokenized, *extra_]
     return setup
 
 
@@ -262,7 +266,7 @@ PROBES = [
     Probe("tokenize: zero cells", p_zero_cells),
     Probe("tokenize: log-normalised X", p_lognorm(False)),
     Probe("tokenize: log-normalised X, --layer counts", p_lognorm(True), 0),
-    Probe("tokenize: read-only output folder", p_readonly),
+    Probe("tokenize: unwritable output path (read-only folder; as root: below a file)", p_readonly),
     Probe("tokenize: two token dictionaries in --vocab", p_two_dicts),
     Probe("tokenize: duplicate gene ids (summed, warned)", p_dup_ids, 0),
     Probe("tokenize: --out exists", p_exists),
@@ -292,7 +296,7 @@ PROBES = [
     Probe("perturb: --mode bogus", p_perturb("--mode", "bogus")),
     Probe("perturb: unknown gene", p_perturb("-g", "NOT_A_GENE", "--max-cells", "2")),
     Probe("perturb: a single cell, exact", p_perturb("--mode", "exact", cells=1), 0),
-    Probe("finetune: every label missing", p_finetune(lambda n: [None] * n)),
+    Probe("finetune: every label missing", p_finetune(lambda n: np.full(n, np.nan))),
     Probe("finetune: one class", p_finetune(lambda n: ["a"] * n)),
     Probe("finetune: a class smaller than the folds", p_finetune(lambda n: ["a"] * (n - 2) + ["b"] * 2)),
     Probe("select benchmark: --subset without =", lambda d, s: ["select", "benchmark", "--out", d / "out", "--data",
@@ -309,6 +313,9 @@ def snapshot(folder: Path) -> set[str]:
 
 
 def first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.startswith(("error:", "Error:")) or "Error: " in line[:40]:
+            return line.strip()[:160]
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith(("Loading weights", "Saving the dataset", "Map", "Filter")) and "it/s]" not in line:

@@ -154,3 +154,21 @@ def test_published_geneformer_v1_checkpoint_layout_runs_with_our_tokenizer(share
     ds = TranscriptomeTokenizer(v1, model_input_size=2048).tokenize(shared_data / "scrna" / "cider_baron_pancreas_350cells_raw.h5ad")
     emb = embed_cells(model, ds.select(range(8)), EmbeddingConfig(batch_size=4))
     assert emb.shape == (8, 256) and np.isfinite(emb).all()
+
+
+def test_saved_model_round_trips_its_complete_vocabulary(v2, tmp_path):
+    """A model directory carries the whole GeneVocab (Ensembl mapping included) and the tokenizer settings."""
+    from netformer.model import tokenizer_settings
+
+    model = new_model(model_config("tiny", vocab=v2), seed=0)
+    save_model(model, tmp_path / "m", vocab=v2, tokenizer={"model_input_size": 256})
+    back = model_vocab(tmp_path / "m")
+    assert back.digest == v2.digest and back.name == v2.name
+    assert back.ensembl_mapping == v2.ensembl_mapping and len(back.ensembl_mapping) > 50_000
+    assert back.gene_median == v2.gene_median
+    settings = tokenizer_settings(tmp_path / "m")
+    assert settings["model_input_size"] == 256 and settings["special_tokens"] is True
+    assert settings["vocab_digest"] == v2.digest
+    with pytest.raises(DictionaryError, match="vocab_size"):
+        save_model(new_model(model_config("tiny", vocab=v2, vocab_size=100)), tmp_path / "bad", vocab=v2)
+    assert not (tmp_path / "bad").exists()

@@ -528,6 +528,12 @@ def load_tokenized(path: str | Path) -> "datasets.Dataset":  # noqa: F821
     if not (path / "state.json").exists():
         raise InputDataError(f"{path} is not a tokenized dataset directory (no state.json); run `netformer tokenize` first")
     try:
+        files = json.loads((path / "state.json").read_text()).get("_data_files")
+    except (OSError, ValueError):
+        files = None
+    if files == []:
+        raise InputDataError(f"{path} holds no cell; tokenize cells with netformer tokenize first")
+    try:
         ds = datasets.load_from_disk(str(path))
     except Exception as exc:  # datasets raises several types on damaged folders
         raise CorruptFileError(f"cannot read the tokenized dataset {path} ({type(exc).__name__}: {exc}); "
