@@ -7,8 +7,12 @@ Same model, cells and genes in one run:
   -> :func:`netformer.perturb.reference_embeddings`;
 - exact: :class:`netformer.perturb.ExactEvaluator` (unpadded batches of equal-length perturbations,
   encoder truncated at the embedding layer, inference mode); shifts checked equal to the reference;
-- screen: :func:`netformer.perturb.screen_cell` (one forward + one backward for all genes of a cell)
-  plus exact evaluation of the top ``K`` genes; rate = genes ranked per second.
+- screen: :func:`netformer.perturb.screen_cell` (one forward + one backward for all genes of a cell,
+  plus ``--screen-anchors N`` forward passes without gradient for the exact position shifts of a
+  deletion at ``N`` anchor positions) plus exact evaluation of the top ``K`` genes; rate = genes
+  ranked per second. Measured twice in the same run, with ``anchors=0`` (the first-order rank-shift
+  term, before anchors) and ``anchors=N`` (default 8, as ``PerturbConfig.screen_anchors``); where
+  rank agreement is measured, both screens are scored against the same exact shifts.
 
 Cases: ``tiny`` (random weights, gc30M dictionary) on real pbmc3k cells tokenized at 256 tokens
 (where exact mode over all genes is affordable, so rank agreement is also measured); the ``small``
@@ -20,6 +24,8 @@ embedding (mean of other cells).
 Also printed: the matrix-multiply GFLOP of one pass on each path (:func:`forward_gflop`), the rate
 each path sustains, and the rate of a plain float32 matrix multiply on the same device in the same
 run; together they bound the speed-up any float32 pass doing exact mode's work can reach there.
+
+Case names: ``tiny``, ``trained`` (alias ``small``), ``v1`` (alias ``geneformer-v1-10m``).
 
 Run: ``python benchmarks/perturb_speed.py`` (about 5 minutes on 2 CPU cores); on a GPU:
 ``python benchmarks/perturb_speed.py --device cuda --v1-batch 32 --n-ref 32``; on a GPU machine
@@ -49,7 +55,8 @@ def shifts(embs: np.ndarray, orig: np.ndarray, goal: np.ndarray) -> np.ndarray:
 
 
 def bench(name, model, vocab, cells, goal, n_ref, n_exact, top_k, batch_size, full_exact: bool,
-          device: str = "cpu") -> dict:
+          device: str = "cpu", anchors: int = 8) -> dict:
+    """One case; screen figures without suffix are for ``anchors``, ``*_a0`` for ``anchors=0``."""
     special = vocab.special_ids
     cell = cells[0]
     special_set = set(special)
@@ -72,23 +79,35 @@ def bench(name, model, vocab, cells, goal, n_ref, n_exact, top_k, batch_size, fu
         t_ex = time.perf_counter() - t0
         exact_shift = shifts(eff.perturbed, eff.original, goal)
         ex_rate = len(sel) / t_ex
-        # screen: all genes estimated, top-K exact
-        t0 = time.perf_counter()
-        pos, est = screen_cell(model, cell, special, "delete", goal)
-        top = np.argsort(-est)[:top_k]
-        ev.evaluate(cell, [perturb_cell(cell, [cell[pos[i]]], "delete") for i in top])
-        t_scr = time.perf_counter() - t0
+        # screen: all genes estimated, top-K exact; without anchors (first-order rank-shift term) and
+        # with them, on the same cell
+        # (one untimed call first: the first backward pass pays autograd's start-up)
+        t_scr, est = {}, {}
+        screen_cell(model, cell, special, "delete", goal, anchors=0)
+        for a in dict.fromkeys((0, anchors)):
+            t0 = time.perf_counter()
+            pos, est[a] = screen_cell(model, cell, special, "delete", goal, anchors=a)
+            top = np.argsort(-est[a])[:top_k]
+            ev.evaluate(cell, [perturb_cell(cell, [cell[pos[i]]], "delete") for i in top])
+            t_scr[a] = time.perf_counter() - t0
         # rank agreement on the other cells, in the same evaluator context as in perturb(): the
-        # screen then differentiates the same truncated encoder (embedding layer -2) exact mode evaluates
-        pairs = [(est, exact_shift)]
+        # screen then differentiates the same truncated encoder (embedding layer -2) exact mode
+        # evaluates; both screens against the same exact shifts (one exact evaluation per cell)
+        pairs = {a: [(est[a], exact_shift)] for a in est}
         for c in cells[1:] if full_exact else ():
-            p2, e2 = screen_cell(model, c, special, "delete", goal)
-            eff = ev.evaluate(c, [perturb_cell(c, [c[p]], "delete") for p in p2])
-            pairs.append((e2, shifts(eff.perturbed, eff.original, goal)))
-    scr_rate = len(pos) / t_scr
+            eff = None
+            for a in est:
+                p2, e2 = screen_cell(model, c, special, "delete", goal, anchors=a)
+                if eff is None:
+                    eff = ev.evaluate(c, [perturb_cell(c, [c[p]], "delete") for p in p2])
+                    x2 = shifts(eff.perturbed, eff.original, goal)
+                pairs[a].append((e2, x2))
     out = {"case": name, "cell_length": len(cell), "ref_perturbations": len(ref_vars), "ref_per_s": ref_rate,
            "exact_per_s": ex_rate, "exact_speedup": ex_rate / ref_rate, "exact_max_abs_err": err,
-           "screen_genes_per_s": scr_rate, "screen_speedup": scr_rate / ref_rate, "top_k": top_k}
+           "screen_anchors": anchors, "top_k": top_k}
+    for a, suffix in ((anchors, ""), (0, "_a0")):
+        out[f"screen_genes_per_s{suffix}"] = len(pos) / t_scr[a]
+        out[f"screen_speedup{suffix}"] = out[f"screen_genes_per_s{suffix}"] / ref_rate
     # work per perturbation: the reference runs every layer and the MLM head on L - 1 tokens; exact
     # mode the layers up to the embedding layer (-2) only
     cfg, n = model.config, len(cell) - 1
@@ -98,13 +117,14 @@ def bench(name, model, vocab, cells, goal, n_ref, n_exact, top_k, batch_size, fu
     out["ref_gflop_per_s"] = out["ref_gflop"] * ref_rate
     out["exact_gflop_per_s"] = out["exact_gflop"] * ex_rate
     if full_exact:
-        agree = [rank_agreement(e, x, top=20, shortlists=RECALL_K) for e, x in pairs]
-        out["spearman"] = float(np.mean([a["spearman"] for a in agree]))
-        out["top20_overlap"] = float(np.mean([a["top_overlap"] for a in agree]))
-        # what screen mode returns: the screen's top K re-evaluated exactly; share of the exact
-        # top 20 that it finds
-        for k in RECALL_K:
-            out[f"top20_recall_k{k}"] = float(np.mean([a[f"recall_k{k}"] for a in agree]))
+        for a, suffix in ((anchors, ""), (0, "_a0")):
+            agree = [rank_agreement(e, x, top=20, shortlists=RECALL_K) for e, x in pairs[a]]
+            out[f"spearman{suffix}"] = float(np.mean([r["spearman"] for r in agree]))
+            out[f"top20_overlap{suffix}"] = float(np.mean([r["top_overlap"] for r in agree]))
+            # what screen mode returns: the screen's top K re-evaluated exactly; share of the exact
+            # top 20 that it finds
+            for k in RECALL_K:
+                out[f"top20_recall_k{k}{suffix}"] = float(np.mean([r[f"recall_k{k}"] for r in agree]))
         out["agreement_cells"] = len(agree)
     return out
 
@@ -147,6 +167,7 @@ def matmul_gflop_per_s(device: str, n: int = 2048, reps: int = 5) -> float:
 
 
 CASES = ("tiny", "trained", "v1")
+ALIASES = {"small": "trained", "geneformer-v1-10m": "v1"}
 
 
 def _shared() -> Path:
@@ -204,7 +225,7 @@ def case_tiny(inputs: Inputs, vocab: GeneVocab, args) -> dict:
     with ExactEvaluator(tiny, vocab.special_ids, batch_size=64, device=args.device) as ev:
         goal = np.mean([ev.embed(c)[1].cpu().numpy() for c in ids[10:30]], axis=0)
     return bench("tiny / pbmc3k 256 tokens", tiny, vocab, ids[:4], goal, n_ref=255, n_exact=255, top_k=20,
-                 batch_size=64, full_exact=True, device=args.device)
+                 batch_size=64, full_exact=True, device=args.device, anchors=args.screen_anchors)
 
 
 def case_trained(inputs: Inputs, args) -> dict | None:
@@ -223,7 +244,7 @@ def case_trained(inputs: Inputs, args) -> dict | None:
         tgoal = np.mean([ev.embed(c)[1].cpu().numpy() for c in tids[20:40]], axis=0)
     return bench(f"trained {trained.config.num_hidden_layers}-layer / pbmc3k 256 tokens", trained, tvocab,
                  tids[: args.agreement_cells], tgoal, n_ref=255, n_exact=255, top_k=20, batch_size=64,
-                 full_exact=True, device=args.device)
+                 full_exact=True, device=args.device, anchors=args.screen_anchors)
 
 
 def case_v1(vocab: GeneVocab, args) -> dict:
@@ -235,7 +256,8 @@ def case_v1(vocab: GeneVocab, args) -> dict:
     with ExactEvaluator(v1, vocab.special_ids, batch_size=args.v1_batch, device=args.device) as ev:
         goal = np.mean([ev.embed(c)[1].cpu().numpy() for c in cells[1:]], axis=0)
     return bench("geneformer-v1-10m / 2,048 tokens", v1, vocab, cells[:1], goal, n_ref=args.n_ref, n_exact=16,
-                 top_k=20, batch_size=args.v1_batch, full_exact=False, device=args.device)
+                 top_k=20, batch_size=args.v1_batch, full_exact=False, device=args.device,
+                 anchors=args.screen_anchors)
 
 
 def main() -> None:
@@ -249,7 +271,12 @@ def main() -> None:
     ap.add_argument("--agreement-cells", type=int, default=4)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (both modes and the reference run there)")
     ap.add_argument("--v1-batch", type=int, default=8, help="exact-mode batch for the 2,048-token cells")
-    ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
+    ap.add_argument("--cases", default=",".join(CASES),
+                    help=f"comma-separated subset of {', '.join(CASES)} "
+                         f"(aliases: {', '.join(f'{k} = {v}' for k, v in ALIASES.items())})")
+    ap.add_argument("--screen-anchors", type=int, default=8, metavar="N",
+                    help="anchor positions of the screen's exact position-shift term (screen_cell(anchors=N), "
+                         "as PerturbConfig.screen_anchors); the screen is also measured with 0 (first-order term)")
     ap.add_argument("--inputs", help="read inputs from a folder written by --export-inputs instead of ../shared/data")
     ap.add_argument("--export-inputs", metavar="FOLDER",
                     help="write the inputs (dictionary, tokenized cells, the trained model) to FOLDER and stop")
@@ -258,7 +285,9 @@ def main() -> None:
     if args.export_inputs:
         inputs.export(args.export_inputs)
         return
-    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if args.screen_anchors < 0:
+        ap.error(f"--screen-anchors must be >= 0, got {args.screen_anchors}")
+    cases = [ALIASES.get(c.strip(), c.strip()) for c in args.cases.split(",") if c.strip()]
     unknown = sorted(set(cases) - set(CASES))
     if unknown:
         ap.error(f"unknown case(s) {unknown}; choose from {', '.join(CASES)}")
@@ -272,11 +301,19 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
     print()
-    print(f"{'case':36s} {'ref/s':>8s} {'exact/s':>8s} {'x':>6s} {'screen/s':>9s} {'x':>7s} {'spearman':>8s} {'top20':>6s} {'max|err|':>9s}")
+    n = args.screen_anchors
+    print(f"screen with anchors=0 (first-order rank-shift term) and anchors={n} (exact position shifts at "
+          f"{n} anchors), same run:")
+    print(f"{'case':36s} {'ref/s':>8s} {'exact/s':>8s} {'x':>6s} {'anchors':>7s} {'screen/s':>9s} {'x':>7s} "
+          f"{'spearman':>8s} {'top20':>6s} {'max|err|':>9s}")
+    nan = float("nan")
     for r in rows:
-        print(f"{r['case']:36s} {r['ref_per_s']:8.2f} {r['exact_per_s']:8.2f} {r['exact_speedup']:6.1f} "
-              f"{r['screen_genes_per_s']:9.1f} {r['screen_speedup']:7.1f} {r.get('spearman', float('nan')):8.2f} "
-              f"{r.get('top20_overlap', float('nan')):6.2f} {r['exact_max_abs_err']:9.1e}")
+        for i, (a, sfx) in enumerate(((0, "_a0"), (n, ""))):
+            head = (f"{r['case']:36s} {r['ref_per_s']:8.2f} {r['exact_per_s']:8.2f} {r['exact_speedup']:6.1f}"
+                    if i == 0 else f"{'':36s} {'':8s} {'':8s} {'':6s}")
+            tail = f" {r['exact_max_abs_err']:9.1e}" if i == 0 else ""
+            print(f"{head} {a:7d} {r[f'screen_genes_per_s{sfx}']:9.1f} {r[f'screen_speedup{sfx}']:7.1f} "
+                  f"{r.get(f'spearman{sfx}', nan):8.2f} {r.get(f'top20_overlap{sfx}', nan):6.2f}{tail}")
     peak = matmul_gflop_per_s(args.device)
     print()
     print("work per perturbation (matrix-multiply GFLOP) and the rate each path sustains:")
@@ -294,8 +331,10 @@ def main() -> None:
     print("screen mode returns the screen's top K re-evaluated exactly; share of the exact top 20 it contains:")
     for r in rows:
         if "spearman" in r:
-            print(f"{r['case']:36s} " + "  ".join(f"K={k}: {r[f'top20_recall_k{k}']:.2f}" for k in RECALL_K)
-                  + f"  (over {r['agreement_cells']} cells)")
+            for a, sfx in ((0, "_a0"), (n, "")):
+                print(f"{r['case']:36s} anchors={a:<3d} "
+                      + "  ".join(f"K={k}: {r[f'top20_recall_k{k}{sfx}']:.2f}" for k in RECALL_K)
+                      + f"  (over {r['agreement_cells']} cells)")
 
 
 if __name__ == "__main__":
