@@ -23,8 +23,10 @@ def perturb(
                              "one at a time.")] = None,
     anchor: Annotated[Optional[str], typer.Option(help="Anchor gene paired with every expressed gene.")] = None,
     fraction: Annotated[float, typer.Option(help="Fraction of the cell's genes moved by inhibit/activate.")] = 0.25,
-    mode: Annotated[Mode, typer.Option(help="exact, or screen (first-order estimate + exact top-K).")] = "exact",
+    mode: Annotated[Mode, typer.Option(help="exact, or screen (an estimate for every gene + exact top-K).")] = "exact",
     top_k: Annotated[int, typer.Option(help="Genes per cell evaluated exactly in screen mode.")] = 20,
+    screen_anchors: Annotated[int, typer.Option(help="Screen mode, deletion toward a goal: exact position-shift "
+                                                     "effects at this many positions per cell (0: first-order).")] = 8,
     state_column: Annotated[Optional[str], typer.Option(help="Column with cell states.")] = None,
     start: Annotated[Optional[str], typer.Option(help="Start state (cells perturbed).")] = None,
     goal: Annotated[Optional[str], typer.Option(help="Goal state.")] = None,
@@ -64,7 +66,8 @@ def perturb(
         ((col, vals),) = key_values([item], "--filter").items()
         cell_filter.setdefault(col, []).extend(v for v in vals.split(",") if v)
     cfg = PerturbConfig(perturbation=value(perturbation), genes=list(genes) if genes else "all", anchor=anchor,
-                        fraction=fraction, mode=value(mode), top_k=top_k, layer=layer, pooling=value(pooling),
+                        fraction=fraction, mode=value(mode), top_k=top_k, screen_anchors=screen_anchors, layer=layer,
+                        pooling=value(pooling),
                         batch_size=batch_size, cell_filter=cell_filter or None, max_cells=max_cells, seed=seed,
                         chunk_cells=chunk_cells, gene_effects=gene_effects, device=device)
     ds = load_tokenized(data)

@@ -14,7 +14,8 @@ For each selected cell the requested perturbations are applied to its rank value
   original and perturbed contextual embeddings (upstream ``emb_mode="cell_and_gene"``).
 
 ``mode="exact"`` evaluates every perturbation; ``mode="screen"`` ranks all genes of a cell by a
-first-order estimate (:mod:`netformer.perturb.screen`) and evaluates the top ``top_k`` exactly.
+cheap estimate (:mod:`netformer.perturb.screen`: exact pooling term, first-order attention-context
+term, exact position shifts at a few anchors) and evaluates the top ``top_k`` exactly.
 
 With ``out_dir`` the run is resumable: cells are processed in chunks of ``chunk_cells``, each
 chunk's rows are written as a Parquet shard and recorded in ``manifest.json``; a run started again
@@ -68,7 +69,8 @@ class PerturbConfig:
     fraction
         Fraction of the cell's gene count that inhibit / activate move a gene (default 0.25).
     mode
-        ``"exact"`` or ``"screen"`` (first-order estimate for all genes + exact top ``top_k``;
+        ``"exact"`` or ``"screen"`` (an estimate for all genes, :func:`~netformer.perturb.screen.screen_cell`,
+        + exact top ``top_k``;
         needs ``genes="all"`` and no anchor).
     top_k
         Genes per cell evaluated exactly in screen mode.
