@@ -368,10 +368,15 @@ def load_model(
     transformers.logging.set_verbosity_error()
     try:
         model = classes[kind].from_pretrained(str(path), attn_implementation=attn_implementation, **kwargs)
-    except (OSError, ValueError, RuntimeError, EOFError, KeyError, TypeError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CorruptFileError(f"cannot load the model in {path}: {msg}; the weights or config.json are "
-                               "damaged or not a BERT checkpoint (copy or download the model again)") from None
+    except Exception as exc:  # transformers / safetensors / torch.load raise many types on damaged files
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        if "weights only" in msg.lower() or "weights_only" in msg.lower():
+            raise CorruptFileError(f"cannot load the model in {path}: its pytorch_model.bin holds more than tensors "
+                                   "and is refused (it could run code); convert weights you trust to "
+                                   "model.safetensors") from None
+        raise CorruptFileError(f"cannot load the model in {path}: {type(exc).__name__}: {msg}; the weights or "
+                               "config.json are damaged or not a BERT checkpoint (copy or download the model "
+                               "again)") from None
     finally:
         transformers.logging.set_verbosity(previous)
     return model.to(default_device(device)).eval()
