@@ -189,6 +189,20 @@ def test_bad_input(tiny_pretrained, pbmc_cells, scrna):
         train_val_test_split(["a"] * 10 + ["b"], test_size=0.3)
     with pytest.raises(InputDataError, match="groups"):
         kfold_indices(["a", "b"] * 5, n_splits=3, groups=["d1", "d2"] * 5)
+    with pytest.raises(InputDataError, match="no cells to classify"):
+        kfold_indices([], n_splits=3)
+    with pytest.raises(InputDataError, match="none of the 4 genes has a label"):
+        kfold_indices([None] * 4, n_splits=2, what="genes")
+    # grouped folds: class "b" lives in one donor only, so the fold holding that donor out trains on "a" alone
+    from netformer.classify.splits import check_training_classes
+
+    y, donors = ["a"] * 6 + ["b"] * 4, ["d1", "d2", "d3"] * 2 + ["d4"] * 4
+    with pytest.raises(InputDataError, match="single class"):
+        check_training_classes(y, kfold_indices(y, n_splits=4, groups=donors), "cells")
+    with pytest.raises(InputDataError, match="single class"):
+        ten = ds.select(range(10)).remove_columns("cell_type").add_column("cell_type", y).add_column("donor", donors)
+        cross_validate_cells(mdir, CellData(ten, pbmc_cells.adata[:10].copy()), "cell_type", n_splits=4,
+                             group_column="donor")
     with pytest.raises(GeneIdError):
         resolve_gene_labels({"NOT_A_GENE_1": "TF", "NOT_A_GENE_2": "non-TF"}, tiny_pretrained.vocab)
     with pytest.raises(GeneIdError, match="not in the token dictionary"):

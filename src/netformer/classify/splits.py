@@ -28,7 +28,14 @@ def check_labels(labels: Sequence, n_splits: int | None = None, what: str = "cel
         has fewer members than folds.
     """
     s = pd.Series(list(labels), dtype=object)
+    if len(s) == 0:
+        raise InputDataError(f"there are no {what} to classify (no labels); give labelled {what}")
     missing = s.isna()
+    if missing.all():
+        raise InputDataError(
+            f"none of the {len(s)} {what} has a label; label them, or choose the column that holds the labels "
+            "(CLI: --label-column)"
+        )
     if missing.any():
         raise InputDataError(
             f"{int(missing.sum())} of {len(s)} {what} have no label; drop them first "
@@ -38,15 +45,31 @@ def check_labels(labels: Sequence, n_splits: int | None = None, what: str = "cel
     counts = pd.Series(y).value_counts()
     if len(counts) < 2:
         raise InputDataError(
-            f"the labels hold a single class ({counts.index[0]!r}); a classifier needs at least two classes"
+            f"the labels of the {len(s)} {what} hold a single class ({counts.index[0]!r}); a classifier needs at "
+            "least two classes: add labelled examples of another class"
         )
     if n_splits is not None and counts.min() < n_splits:
         rare = counts[counts < n_splits]
         raise InputDataError(
             f"classes with fewer members than the {n_splits} folds/splits: {rare.to_dict()}; drop or merge "
-            "these classes, or lower n_splits"
+            "these classes, or lower n_splits (CLI: --folds)"
         )
     return y
+
+
+def check_training_classes(labels: Sequence, splits: Sequence[tuple[np.ndarray, np.ndarray]],
+                           what: str = "cells") -> None:
+    """Raise :class:`InputDataError` unless the training part of every ``(train, test)`` split holds at
+    least two classes (grouped splits can leave a class in one group only)."""
+    y = np.asarray(labels)
+    for k, (tr, _) in enumerate(splits):
+        classes = np.unique(y[tr])
+        if len(classes) < 2:
+            raise InputDataError(
+                f"the training {what} of split {k} hold a single class ({classes[0] if len(classes) else None!r}): "
+                "with grouped splits every class must occur in several groups; drop that class, or split "
+                "without groups"
+            )
 
 
 def _check_groups(groups: Sequence, n: int, n_splits: int) -> np.ndarray:
@@ -70,6 +93,7 @@ def kfold_indices(
     n_splits: int = 5,
     groups: Sequence | None = None,
     seed: int = 0,
+    what: str = "cells",
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified (optionally grouped) k-fold splits.
 
@@ -84,6 +108,8 @@ def kfold_indices(
         (``StratifiedGroupKFold``), so train and test never share a group.
     seed
         Shuffling seed.
+    what
+        What the samples are (``"cells"``, ``"genes"``), for the error messages.
 
     Returns
     -------
@@ -93,14 +119,16 @@ def kfold_indices(
     Raises
     ------
     InputDataError
-        Missing labels, a single class, a class smaller than ``n_splits`` (ungrouped), fewer
-        groups than folds.
+        No labels, missing labels, a single class, a class smaller than ``n_splits`` (ungrouped),
+        fewer groups than folds.
+    ConfigError
+        ``n_splits < 2``.
     """
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     if n_splits < 2:
-        raise ConfigError("n_splits must be >= 2")
-    y = check_labels(labels, None if groups is not None else n_splits)
+        raise ConfigError(f"n_splits must be >= 2, got {n_splits}")
+    y = check_labels(labels, None if groups is not None else n_splits, what=what)
     idx = np.arange(len(y))
     if groups is None:
         cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
@@ -119,6 +147,7 @@ def train_val_test_split(
     val_size: float = 0.1,
     groups: Sequence | None = None,
     seed: int = 0,
+    what: str = "cells",
 ) -> dict[str, np.ndarray]:
     """One train / validation / test split, stratified by label and, with ``groups``, grouped.
 
@@ -134,7 +163,7 @@ def train_val_test_split(
 
     if not 0 < test_size < 1 or not 0 <= val_size < 1 or test_size + val_size >= 1:
         raise ConfigError("need 0 < test_size < 1, 0 <= val_size < 1 and test_size + val_size < 1")
-    y = check_labels(labels, None if groups is not None else 2)
+    y = check_labels(labels, None if groups is not None else 2, what=what)
     idx = np.arange(len(y))
     if groups is None:
         rest, test = train_test_split(idx, test_size=test_size, stratify=y, random_state=seed)
@@ -145,9 +174,9 @@ def train_val_test_split(
         return {"train": np.sort(train), "validation": np.sort(val), "test": np.sort(test)}
     g = np.asarray(pd.Series(list(groups), dtype=object).astype(str))
     k_test = max(2, int(round(1 / test_size)))
-    rest, test = kfold_indices(y, k_test, groups=g, seed=seed)[0]
+    rest, test = kfold_indices(y, k_test, groups=g, seed=seed, what=what)[0]
     if val_size == 0:
         return {"train": rest, "validation": np.array([], dtype=int), "test": test}
     k_val = max(2, int(round((1 - test_size) / val_size)))
-    tr, va = kfold_indices(y[rest], k_val, groups=g[rest], seed=seed)[0]
+    tr, va = kfold_indices(y[rest], k_val, groups=g[rest], seed=seed, what=what)[0]
     return {"train": rest[tr], "validation": rest[va], "test": test}

@@ -56,20 +56,38 @@ def finetune(
     """Fine-tune a classifier, evaluate it beside its baseline (cross-validated) and save it in OUT/model.
 
     A checkpoint without a dictionary beside it is saved with the resolved one in OUT/pretrained
-    first. Errors (all before anything is written): OutputExistsError, DictionaryError (no
-    dictionary: --vocab; cells tokenized with another one), ConfigError (evaluation without
-    --counts, --counts with raw counts), InputDataError (missing columns or labels).
+    first. OUT holds the search (OUT/search/, OUT/search_trials.csv), the cross-validation (OUT/cv/),
+    the final model (OUT/model/) and, last, OUT/config.json.
+
+    Resumable: a run killed at any moment (kill -9, out of memory, a pre-empted job) and started again
+    with the same command continues where it stopped: finished search trials and CV folds are kept
+    (OUT/manifest.json, OUT/search/manifest.json, OUT/cv/fold_K/) and the outputs equal an uninterrupted
+    run's. The same command with other settings over an unfinished OUT is refused (ConfigError) unless
+    --overwrite; --overwrite runs in .OUT.overwrite beside OUT and replaces the old results only when
+    the new run is complete.
+
+    Errors (all before anything is written): OutputExistsError (OUT holds a finished run, or other
+    files), DictionaryError (no dictionary: --vocab; cells tokenized with another one), ConfigError
+    (--folds 1, evaluation without --counts, --counts with raw counts, an unfinished OUT with other
+    settings), InputDataError (missing columns, no cell labelled, a single class, a class with fewer
+    members than --folds, fewer groups than --folds).
     """
-    from .._io import check_output
+    from .._io import atomic_file
     from ..classify import (CellClassifier, FinetuneConfig, GeneClassifier, cross_validate_cells,
                             cross_validate_genes, search_cells, search_genes)
+    from ..classify.cv import (MANIFEST, check_finetune_inputs, config_settings, data_digest, drop_unlabelled,
+                               model_digest, open_run)
     from ..classify.data import load_cells, read_gene_labels
     from ..errors import ConfigError, InputDataError
     from ..genes import model_vocab
     from ..model import attach_vocab
 
     cell_task = value(task) == "cell"
-    check_output(output_dir, overwrite)
+    if n_splits < 0 or n_splits == 1:
+        raise ConfigError(f"--folds {n_splits}: give 0 (fit only, no evaluation) or at least 2 folds")
+    if search < 0:
+        raise ConfigError(f"--search {search}: give 0 (no search) or a positive number of trials")
+    _refuse_finished(output_dir, overwrite, MANIFEST)
     tokenized = cells.is_dir()
     if tokenized and counts is None and (n_splits >= 2 or search > 0):
         raise ConfigError(f"{cells} holds tokenized cells: the evaluation beside the baseline needs their raw counts; "
@@ -84,27 +102,56 @@ def finetune(
     columns = ([label_column] if cell_task else []) + ([group_column] if group_column else [])
     model_input = json.loads((path / "config.json").read_text())["max_position_embeddings"]
     data = load_cells(cells, chosen, counts=counts, max_length=max_length or model_input, obs_columns=columns,
-                      n_cells=n_cells, seed=seed, drop_missing=[label_column] if cell_task else [])
+                      n_cells=n_cells, seed=seed)
+    if cell_task:
+        data = drop_unlabelled(data, label_column)
+    check_finetune_inputs(path, data, label_column if cell_task else glabels, task=value(task), n_splits=n_splits,
+                          n_trials=search, group_column=group_column, config=cfg, seed=seed)
+    label = label_column if cell_task else None
+    settings = {"task": value(task), "config": config_settings(cfg), "label_column": label,
+                "group_column": group_column, "folds": n_splits, "search": search, "n_cells": n_cells, "seed": seed,
+                "vocab": chosen.digest, "model": model_digest(path), "cells": data_digest(data, [label, group_column]),
+                "gene_labels": sorted(glabels.items()) if glabels else None}
+    run = open_run(output_dir, settings, overwrite, "config.json", "fine-tuning run")
+    if run.finished:  # a replacement run that was complete when it was killed: now in place
+        typer.echo(f"fine-tuned model written to {output_dir / 'model'}")
+        return
+    out = run.folder
     if model_vocab(path) is None:  # a netformer model directory (checkpoint + dictionary) used from here on
-        path = attach_vocab(path, chosen, output_dir / "pretrained", overwrite=True)
-        typer.echo(f"checkpoint and dictionary {chosen.name!r} saved together in {path}")
-    output_dir.mkdir(parents=True, exist_ok=True)
+        path = attach_vocab(path, chosen, out / "pretrained", overwrite=True)
+        typer.echo(f"checkpoint and dictionary {chosen.name!r} saved together in {output_dir / 'pretrained'}")
     if search > 0:
         res = (search_cells(path, data, label_column, n_trials=search, base_config=cfg, group_column=group_column,
-                            seed=seed) if cell_task
-               else search_genes(path, data, glabels, n_trials=search, base_config=cfg, seed=seed))
-        res.trials.to_csv(output_dir / "search_trials.csv", index=False)
+                            seed=seed, output_dir=out / "search") if cell_task
+               else search_genes(path, data, glabels, n_trials=search, base_config=cfg, seed=seed,
+                                 output_dir=out / "search"))
+        with atomic_file(out / "search_trials.csv") as tmp:
+            res.trials.to_csv(tmp, index=False)
         cfg = res.best_config
         typer.echo(f"best trial: validation macro-F1 {res.best_value:.3f} "
                    f"(baseline {res.baseline.get('macro_f1', float('nan')):.3f})")
     if n_splits >= 2:
         cv = (cross_validate_cells(path, data, label_column, n_splits=n_splits, group_column=group_column, config=cfg,
-                                   seed=seed, output_dir=output_dir / "cv") if cell_task
+                                   seed=seed, output_dir=out / "cv") if cell_task
               else cross_validate_genes(path, data, glabels, n_splits=n_splits, config=cfg, seed=seed,
-                                        output_dir=output_dir / "cv"))
+                                        output_dir=out / "cv"))
         typer.echo(cv.summary().round(4).to_string())
     clf = (CellClassifier(path, cfg).fit(data.dataset, label_column) if cell_task
            else GeneClassifier(path, cfg).fit(data.dataset, glabels))
-    clf.save(output_dir / "model", overwrite=overwrite)
-    (output_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    clf.save(out / "model", overwrite=True)
+    with atomic_file(out / "config.json") as tmp:  # last: marks the run finished
+        tmp.write_text(json.dumps(cfg.to_dict(), indent=1))
+    run.commit()
     typer.echo(f"fine-tuned model written to {output_dir / 'model'}")
+
+
+def _refuse_finished(output_dir: Path, overwrite: bool, manifest: str) -> None:
+    """OutputExistsError at once (before any input is read) for an OUT that holds a finished run or
+    files of something else, unless --overwrite; an unfinished run is checked once the inputs are read."""
+    from .._io import check_output
+
+    if overwrite or not output_dir.exists():
+        return
+    if not output_dir.is_dir() or (output_dir / "config.json").exists() or (
+            not (output_dir / manifest).exists() and any(output_dir.iterdir())):
+        check_output(output_dir, overwrite=False)
