@@ -31,7 +31,8 @@ import pandas as pd
 from .._io import atomic_file
 from ..errors import ConfigError
 from .config import SCHEDULES, FinetuneConfig
-from .cv import RunFolder, _fingerprint, _gene_table, _holdout, config_settings, data_digest, model_digest, open_run
+from ..runs import RunFolder, fingerprint as _fingerprint, open_run
+from .cv import _gene_table, _holdout, config_settings, data_digest, model_digest
 from .data import CellData, get_labels
 from .evaluate import evaluate_cells, evaluate_genes
 from .models import CellClassifier, GeneClassifier

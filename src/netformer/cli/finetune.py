@@ -75,8 +75,8 @@ def finetune(
     from .._io import atomic_file
     from ..classify import (CellClassifier, FinetuneConfig, GeneClassifier, cross_validate_cells,
                             cross_validate_genes, search_cells, search_genes)
-    from ..classify.cv import (MANIFEST, check_finetune_inputs, config_settings, data_digest, drop_unlabelled,
-                               model_digest, open_run)
+    from ..classify.cv import check_finetune_inputs, config_settings, data_digest, drop_unlabelled, model_digest
+    from ..runs import MANIFEST, open_run
     from ..classify.data import load_cells, read_gene_labels
     from ..errors import ConfigError, InputDataError
     from ..genes import model_vocab

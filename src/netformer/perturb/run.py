@@ -26,7 +26,6 @@ with the same settings skips finished chunks. Final tables (``results.parquet``,
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,11 +35,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .._io import atomic_file, check_output, remove_dir, replace_dir
+from .._io import atomic_file, check_output, replace_dir
 from ..encoder import POOLINGS, base_model, check_dataset, model_device, n_kept_layers
 from ..errors import ConfigError, GeneIdError, InputDataError
 from ..genes import GeneVocab, resolve_vocab
 from ..model import load_model
+from ..runs import MANIFEST, open_run, write_json
 from .engine import ExactEvaluator, cosine
 from .ops import PERTURBATIONS, CellLayout, perturb_cell
 from .screen import screen_cell
@@ -48,7 +48,6 @@ from .select_cells import CellStates, resolve_genes, select_cells
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 MODES = ("exact", "screen")
 
 
@@ -293,21 +292,16 @@ def _process_cell(ev: ExactEvaluator, ids: list[int], sets, cfg, vocab, goal_vec
     return pd.DataFrame(rows), genes_df
 
 
-def _fingerprint(cfg: PerturbConfig, cells: np.ndarray, base, states: CellStates | None, n_dataset: int) -> str:
+def _run_settings(cfg: PerturbConfig, cells: np.ndarray, base, states: CellStates | None, n_dataset: int) -> dict:
+    """Everything that determines a run's results (the batch size, device and ``max_chunks`` do not)."""
     d = asdict(cfg)
     for k in ("device", "batch_size", "max_chunks"):
         d.pop(k)
     w = base.embeddings.word_embeddings.weight.detach()
-    d["model"] = [float(w.double().sum()), float(w.double().abs().sum()), list(w.shape)]
-    d["cells"] = cells.tolist()
-    d["n_dataset"] = n_dataset
-    d["states"] = asdict(states) if states else None
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _write_json(path: Path, obj) -> None:
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1))
+    model = [float(w.double().sum()), float(w.double().abs().sum()), list(w.shape)]
+    cells_digest = hashlib.sha256(np.asarray(cells, dtype=np.int64).tobytes()).hexdigest()[:16]
+    return {"config": d, "model": model, "cells": [len(cells), cells_digest], "n_dataset": n_dataset,
+            "states": asdict(states) if states else None}
 
 
 def perturb(
@@ -366,8 +360,7 @@ def perturb(
 
     final = Path(out_dir) if out_dir is not None else None
     chunks = [cells[i: i + cfg.chunk_cells] for i in range(0, len(cells), cfg.chunk_cells)]
-    out, manifest = _open_run(final, _fingerprint(cfg, cells, base, states, len(dataset)), len(chunks), cfg,
-                              overwrite)
+    out, manifest = _open_run(final, _run_settings(cfg, cells, base, states, len(dataset)), overwrite)
     state_pos = _state_positions(base, dataset, states, vocab, cfg, device, out) if states is not None else {}
     goal_vecs = _goal_vectors(states, state_pos)
 
@@ -423,50 +416,18 @@ def _check_expressed(dataset, cells: np.ndarray, genes_tok, anchor_tok, cfg: Per
         log.warning("genes not expressed in any selected cell: %s", absent)
 
 
-def _open_run(final: Path | None, fingerprint: str, n_chunks: int, cfg: PerturbConfig,
-              overwrite: bool) -> tuple[Path | None, dict]:
-    """The folder this run writes into and its manifest: a fresh run, or the unfinished run with the
-    same fingerprint (resumed).
-
-    A finished run in ``final``, or an unfinished one with other settings, is replaced only with
-    ``overwrite`` (else :class:`OutputExistsError` / :class:`ConfigError`); the new run then works in
-    a staging folder beside it (``.NAME.overwrite``, itself resumable) and replaces ``final`` only
-    when complete, so a kill never leaves neither.
-    """
-    manifest = {"fingerprint": fingerprint, "n_chunks": n_chunks, "done": {}, "config": asdict(cfg)}
+def _open_run(final: Path | None, settings: dict, overwrite: bool) -> tuple[Path | None, dict]:
+    """The folder this run writes into and its manifest (:func:`netformer.runs.open_run`: a fresh run,
+    the unfinished run with the same settings resumed, other settings refused, ``overwrite`` staged
+    beside the old results until complete). A finished run is replaced only with ``overwrite``
+    (:class:`OutputExistsError`)."""
     if final is None:
-        return None, manifest
-    old = _read_manifest(final)
-    finished = (final / "results.parquet").exists()
-    if not finished and old is not None and old["fingerprint"] == fingerprint:
-        log.info("resuming: %d of %d chunks already done", len(old["done"]), n_chunks)
-        return final, old
-    out = final
-    if finished or old is not None:
-        if not overwrite:
-            if finished:
-                check_output(final, overwrite=False)
-            raise ConfigError(f"{final} holds an unfinished run with different settings, model or cells; "
-                              "choose another out_dir or pass overwrite=True (CLI: --overwrite)")
-        out = final.parent / f".{final.name}.overwrite"
-        staged = _read_manifest(out)
-        if staged is not None and staged["fingerprint"] == fingerprint and not (out / "results.parquet").exists():
-            log.info("resuming the replacement run in %s: %d of %d chunks done", out, len(staged["done"]), n_chunks)
-            return out, staged
-        remove_dir(out)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    return out, manifest
-
-
-def _read_manifest(folder: Path) -> dict | None:
-    path = folder / MANIFEST
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        log.warning("%s is unreadable (a kill while it was written?); starting that run afresh", path)
-        return None
+        return None, {"done": {}}
+    run = open_run(final, settings, overwrite, "results.parquet", "perturbation run")
+    if run.finished:
+        check_output(final, overwrite=False)
+    run.manifest.setdefault("done", {})
+    return run.folder, run.manifest
 
 
 def _state_positions(base, dataset, states: CellStates, vocab: GeneVocab, cfg: PerturbConfig, device,
@@ -528,7 +489,7 @@ def _write_chunk(out: Path, manifest: dict, ci: int, chunk_df, chunk_g, skipped:
         with atomic_file(out / "shards" / f"genes_{ci:05d}.parquet") as tmp:
             chunk_g.to_parquet(tmp, index=False)
     manifest["done"][str(ci)] = {"skipped": skipped, "rows": 0 if chunk_df is None else len(chunk_df)}
-    _write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest)
 
 
 def _write_final(out: Path, res_df: pd.DataFrame, gen_df: pd.DataFrame | None, skipped: dict[str, int]) -> None:
@@ -537,7 +498,7 @@ def _write_final(out: Path, res_df: pd.DataFrame, gen_df: pd.DataFrame | None, s
     if gen_df is not None:
         with atomic_file(out / "gene_effects.parquet") as tmp:
             gen_df.to_parquet(tmp, index=False)
-    _write_json(out / "skipped.json", skipped)
+    write_json(out / "skipped.json", skipped)
 
 
 def _concat(parts: list) -> pd.DataFrame | None:

@@ -1,0 +1,158 @@
+"""Resumable runs: one folder, one manifest, one rule for resuming, refusing and replacing.
+
+A long job (k-fold cross-validation, a hyperparameter search, in silico perturbation) writes its
+finished pieces into a folder whose ``manifest.json`` records a fingerprint of everything that
+determines the result (settings, model, cells). :func:`open_run` decides what a new start does:
+
+- nothing there: a fresh run;
+- the same fingerprint: resume (skip finished pieces), or read back a finished result;
+- other settings over an unfinished run: :class:`~netformer.errors.ConfigError` naming them;
+- a finished run with other settings, or foreign files: :class:`~netformer.errors.OutputExistsError`;
+- ``overwrite``: the new run works in a staging folder beside the old one (``.NAME.overwrite``,
+  itself resumable) and replaces it only when complete (:meth:`RunFolder.commit`), so a kill -9 at
+  any moment leaves one complete result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from ._io import atomic_file, check_output, clean_stale_temporaries, remove_dir, replace_dir
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def fingerprint(settings: Mapping) -> str:
+    """SHA-256 of the settings as sorted JSON."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def settings_diff(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+    """Names of the settings that differ (``config.epochs``; ``the model`` / ``the cells`` for digests)."""
+    names = {"model": "the model", "cells": "the cells", "gene_labels": "the gene labels"}
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += settings_diff(a, b, f"{prefix}{k}.")
+        else:
+            out.append(names.get(k, f"{prefix}{k}") if not prefix else f"{prefix}{k}")
+    return out
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """``folder/manifest.json``, or None when absent or unreadable (a kill while it was written)."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        log.warning("%s is unreadable; that run is treated as foreign", path)
+        return None
+
+
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+
+
+_TEMPORARY = re.compile(r"^\.(.+)\.tmp-\d+-")
+
+
+def _clean_stale(folder: Path) -> None:
+    """Remove the temporaries that killed writers left in ``folder`` and its fold folders."""
+    for d in [folder, *[p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]]:
+        for name in {m.group(1) for p in d.iterdir() if (m := _TEMPORARY.match(p.name))}:
+            clean_stale_temporaries(d / name)
+
+
+@dataclass
+class RunFolder:
+    """Where a resumable run writes: ``folder`` is ``final``, or with ``overwrite`` over an existing
+    result a staging folder beside it (``.NAME.overwrite``) that :meth:`commit` moves onto ``final``.
+
+    ``finished``: ``final`` already holds the finished result of a run with the same fingerprint
+    (read it back instead of computing it).
+    """
+
+    final: Path
+    folder: Path
+    manifest: dict
+    finished: bool = False
+
+    def write_manifest(self) -> None:
+        write_json(self.folder / MANIFEST, self.manifest)
+
+    def commit(self) -> Path:
+        """Move a complete staged run onto ``final`` (the old results stay until this moment)."""
+        if self.folder != self.final:
+            replace_dir(self.folder, self.final)
+            self.folder = self.final
+        return self.final
+
+
+def open_run(final: str | Path, settings: dict, overwrite: bool, done_file: str, what: str) -> RunFolder:
+    """The folder of a resumable run with ``settings``, fingerprinted in ``final/manifest.json``.
+
+    - ``final`` absent or empty: a fresh run there.
+    - ``final`` holds a run with the same fingerprint: resumed (``finished`` when ``done_file``
+      exists, which the caller then reads back), also with ``overwrite`` unless finished.
+    - ``final`` holds a finished run (``done_file``) with other settings, or foreign files:
+      :class:`~netformer.errors.OutputExistsError` unless ``overwrite``.
+    - ``final`` holds an unfinished run with other settings: :class:`~netformer.errors.ConfigError`
+      naming the differences, unless ``overwrite``.
+
+    With ``overwrite`` over an existing result the new run works in ``.NAME.overwrite`` beside
+    ``final`` (itself resumable) and replaces ``final`` only when :meth:`RunFolder.commit` is called,
+    so a kill never loses the old results.
+    """
+    final = Path(final)
+    settings = json.loads(json.dumps(settings, default=str))  # as it reads back from the manifest
+    fp = fingerprint(settings)
+    old = read_manifest(final)
+    done = (final / done_file).exists()
+    if old is not None and old.get("fingerprint") == fp and not (done and overwrite):
+        if not done:
+            log.info("resuming the unfinished %s in %s", what, final)
+        _clean_stale(final)
+        return RunFolder(final, final, old, finished=done)
+    folder = final
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        if not overwrite:
+            if old is None or done:
+                check_output(final, overwrite=False)
+            diff = ", ".join(settings_diff(old.get("settings", {}), settings)) or "the settings"
+            raise ConfigError(
+                f"{final} holds an unfinished {what} with other settings ({diff}); run again with the same "
+                "settings to resume it, choose another output folder, or pass overwrite=True (CLI: --overwrite) "
+                "to start afresh (the old results stay until the new run is complete)")
+        folder = final.parent / f".{final.name}.overwrite"
+        staged = read_manifest(folder)
+        if staged is not None and staged.get("fingerprint") == fp:
+            run = RunFolder(final, folder, staged, finished=(folder / done_file).exists())
+            if run.finished:  # killed after the staged run was complete, before it replaced the old one
+                run.commit()
+            else:
+                log.info("resuming the replacement %s in %s", what, folder)
+                _clean_stale(folder)
+            return run
+        remove_dir(folder)
+    else:
+        check_output(final, overwrite=True)  # the folder can be created there
+    folder.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(final, folder, {"fingerprint": fp, "settings": settings})
+    run.write_manifest()
+    return run
