@@ -59,6 +59,20 @@ def test_mismatched_dictionary_is_refused(cells, tiny_pretrained, capsys, tmp_pa
         line = error_line(err)
         assert code == 2 and "were tokenized with" in line and "'gc30M'" in line and "re-tokenize" in line, line
         _nothing_written(out)
+    # pretraining on cells tokenized with another dictionary than the one given
+    code, _, err = run_cli(capsys, "pretrain", cells / "tok", "--out", tmp_path / "run", "--preset", "tiny",
+                           "--max-steps", "2", "--vocab", v1 / "vocab")
+    assert code == 2 and "were tokenized with" in error_line(err), err
+    _nothing_written(tmp_path / "run")
+    # an empty tokenized folder
+    import datasets
+
+    datasets.load_from_disk(str(cells / "tok")).select([]).save_to_disk(str(tmp_path / "empty"))
+    for args in (["pretrain", tmp_path / "empty", "--out", tmp_path / "run", "--preset", "tiny"],
+                 ["embed", model, tmp_path / "empty", "--out", tmp_path / "e.parquet"]):
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and "holds no cell" in error_line(err), err
+    _nothing_written(tmp_path / "run")
     # an explicit --vocab that differs from the model's own dictionary
     code, _, err = run_cli(capsys, "finetune", "cell", cells / "kang.h5ad", model, "--out", tmp_path / "ft",
                            "--vocab", v1 / "vocab", "--label-column",
