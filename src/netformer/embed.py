@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .encoder import POOLINGS, base_model, check_dataset, iter_hidden, n_kept_layers, pool, special_tensor
+from .encoder import (POOLINGS, base_model, check_dataset, input_ids_of, iter_hidden, n_kept_layers, pool,
+                      special_tensor)
 from .errors import ConfigError
 from .genes import GeneVocab, resolve_vocab
 
@@ -74,7 +75,8 @@ def _encoder_inputs(model, dataset, vocab, cfg: EmbeddingConfig):
     base = base_model(model)
     vocab = resolve_vocab(model, dataset, vocab, model_config={"vocab_size": base.config.vocab_size,
                                                               "pad_token_id": base.config.pad_token_id})
-    seqs = check_dataset(dataset, base.config.vocab_size)
+    check_dataset(dataset, base.config.vocab_size)
+    seqs = input_ids_of(dataset)
     n_kept_layers(base, cfg.layer)
     return base, vocab, seqs
 

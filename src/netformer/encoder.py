@@ -167,12 +167,14 @@ def input_ids_of(dataset) -> list:
     return list(dataset)
 
 
-def check_dataset(dataset, vocab_size: int, what: str = "the dataset") -> list:
-    """The one dataset-vs-model check; returns the cells' token id lists.
+def check_dataset(dataset, vocab_size: int, what: str = "the dataset") -> None:
+    """The one dataset-vs-model check, in bounded memory.
 
     Checks that there is at least one cell, that no cell is empty, and that every token id is below
-    the model's ``vocab_size``. (Which dictionary the cells were tokenized with is compared by content
-    in :func:`netformer.genes.resolve_vocab`.)
+    the model's ``vocab_size``. A :class:`datasets.Dataset` is scanned in Arrow batches (a corpus of
+    millions of cells is never materialised as Python lists); a list of token id lists is checked
+    as it is. (Which dictionary the cells were tokenized with is compared by content in
+    :func:`netformer.genes.resolve_vocab`.)
 
     Raises
     ------
@@ -181,20 +183,39 @@ def check_dataset(dataset, vocab_size: int, what: str = "the dataset") -> list:
     DictionaryError
         A token id beyond the model's vocabulary.
     """
-    seqs = input_ids_of(dataset)
-    if len(seqs) == 0:
+    if len(dataset) == 0:
         raise InputDataError(f"{what} holds no cell; tokenize cells with netformer tokenize first")
-    empty = [i for i, s in enumerate(seqs) if len(s) == 0]
+    empty, top = [], -1
+    for start, lengths, batch_top in _token_stats(dataset):
+        if (lengths == 0).any():
+            empty += (start + np.flatnonzero(lengths == 0)).tolist()
+        top = max(top, batch_top)
     if empty:
         raise InputDataError(f"{what} holds {len(empty)} cell(s) without tokens (e.g. index {empty[:5]}); "
                              "re-tokenize with netformer tokenize, which skips cells with no dictionary gene")
-    top = max(max(s) for s in seqs)
     if top >= vocab_size:
         raise DictionaryError(
             f"{what} holds token id {top} but the model's vocabulary has {vocab_size} tokens; "
             "tokenize the cells with the dictionary the model was trained on"
         )
-    return seqs
+
+
+def _token_stats(dataset, batch_size: int = 65_536):
+    """Yield ``(first row, (n,) lengths, largest token id)`` per batch of cells."""
+    if not hasattr(dataset, "column_names"):
+        seqs = list(dataset)
+        yield 0, np.array([len(s) for s in seqs]), max((max(s) for s in seqs if len(s)), default=-1)
+        return
+    if "input_ids" not in dataset.column_names:
+        raise InputDataError("the dataset has no input_ids column; tokenize it with netformer tokenize first")
+    import pyarrow.compute as pc
+
+    arrow = dataset.select_columns(["input_ids"]).with_format("arrow")
+    for start in range(0, len(dataset), batch_size):
+        col = arrow[start: start + batch_size]["input_ids"]
+        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        top = pc.max(pc.list_flatten(col)).as_py()
+        yield start, lengths, -1 if top is None else int(top)
 
 
 # ------------------------------------------------------------------------------------------------

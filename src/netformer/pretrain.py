@@ -361,7 +361,8 @@ def _data_fingerprint(dataset) -> dict:
     for i in sorted({0, n // 2, n - 1}):
         h.update(np.asarray(dataset[i]["input_ids"], dtype=np.int64).tobytes())
     if "length" in dataset.column_names:
-        h.update(np.asarray(dataset["length"], dtype=np.int64).tobytes())
+        lengths = dataset.select_columns(["length"]).with_format("arrow")[:]["length"]
+        h.update(np.asarray(lengths.to_numpy(zero_copy_only=False), dtype=np.int64).tobytes())
     return {"n_cells": n, "digest": h.hexdigest()[:16]}
 
 
