@@ -164,7 +164,7 @@ def _global_state():
             random.getstate()[1][:4], matplotlib.get_backend(), root.level, len(root.handlers))
 
 
-def test_library_calls_leave_global_state_alone(tiny_pretrained, shared_data):
+def test_library_calls_leave_global_state_alone(tiny_pretrained, shared_data, tmp_path):
     import torch
 
     from netformer.embed import embed_cells
@@ -179,5 +179,12 @@ def test_library_calls_leave_global_state_alone(tiny_pretrained, shared_data):
     data = read_perturbseq(shared_data / "perturbseq" / "devel.h5ad", subset={"dataset": "norman19"})
     model = TrainMean().fit(data, list(data.perturbations[:10]))
     evaluate(model, data, data.perturbations[10:14])
+    from netformer.classify import CellClassifier, FinetuneConfig
+    from netformer.pretrain import PretrainConfig, pretrain
+
+    CellClassifier(tiny_pretrained.model_dir, FinetuneConfig(epochs=1, batch_size=8, max_length=32, device="cpu")).fit(
+        tiny_pretrained.kang.select(range(990, 1010)), "condition")
+    pretrain(tiny_pretrained.kang.select(range(16)).select_columns(["input_ids", "length"]), tiny_pretrained.vocab,
+             tmp_path / "run", PretrainConfig(preset="tiny", max_steps=2, batch_size=8, max_length=32, device="cpu"))
     assert _global_state() == before
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

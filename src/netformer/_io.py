@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import OutputExistsError
+from .errors import OutputExistsError, OutputPathError
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +20,8 @@ def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Return ``path`` as a Path, raising :class:`OutputExistsError` if it exists and ``overwrite`` is False.
 
     Also checks, before any work is done, that the output can be created there: raises
-    ``NotADirectoryError`` when a file stands where a folder of the path must be, ``PermissionError``
-    (or ``OSError`` with ``errno.EROFS``) when the folder it goes into is not writable.
+    :class:`OutputPathError` (an ``OSError`` with ``errno`` ENOTDIR, EACCES or EROFS and the path as
+    ``filename``) when a file stands where a folder of the path must be or the folder is not writable.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -40,10 +40,10 @@ def _check_writable(folder: Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        raise OutputPathError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
     if not os.access(existing, os.W_OK | os.X_OK):
         code = errno.EROFS if os.statvfs(existing).f_flag & os.ST_RDONLY else errno.EACCES
-        raise OSError(code, os.strerror(code), str(existing))
+        raise OutputPathError(code, os.strerror(code), str(existing))
 
 
 def _umask() -> int:

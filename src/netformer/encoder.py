@@ -236,7 +236,8 @@ def iter_hidden(
     Yields ``(indices, hidden, input_ids, attention_mask)`` per batch: ``hidden`` is the
     (batch, length, hidden) float32 state at ``layer`` on the model's device, ``indices`` the positions
     of the batch's cells in ``seqs``. ``max_length`` defaults to the model's input size; ``dtype``
-    (e.g. ``torch.bfloat16``) is an autocast dtype used on CUDA only. Runs under ``inference_mode``.
+    (e.g. ``torch.bfloat16``) is an autocast dtype used on CUDA only. Each forward pass runs without
+    gradients on the truncated encoder; between batches the model is whole and grad mode is the caller's.
     """
     from tqdm.auto import tqdm
 
@@ -245,12 +246,14 @@ def iter_hidden(
     base.eval()
     max_len = min(max_length or base.config.max_position_embeddings, base.config.max_position_embeddings)
     pad = base.config.pad_token_id or 0
-    autocast = (torch.autocast(device_type="cuda", dtype=dtype) if dtype is not None and dev.type == "cuda"
-                else contextlib.nullcontext())
+    n_kept_layers(base, layer)
     batches = length_sorted_batches([len(s) for s in seqs], batch_size)
-    with torch.inference_mode(), truncated_encoder(base, layer), autocast:
-        for idx in tqdm(batches, desc=desc, unit="batch", disable=None, leave=False):
-            ids, mask = pad_batch([seqs[i] for i in idx], pad, max_len)
-            ids, mask = ids.to(dev), mask.to(dev)
-            hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
-            yield idx, hidden.float(), ids, mask
+    for idx in tqdm(batches, desc=desc, unit="batch", disable=None, leave=False):
+        ids, mask = pad_batch([seqs[i] for i in idx], pad, max_len)
+        ids, mask = ids.to(dev), mask.to(dev)
+        # the contexts hold for the forward pass only: nothing leaks into the caller's loop body
+        autocast = (torch.autocast(device_type="cuda", dtype=dtype) if dtype is not None and dev.type == "cuda"
+                    else contextlib.nullcontext())
+        with torch.no_grad(), truncated_encoder(base, layer), autocast:
+            hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        yield idx, hidden, ids, mask

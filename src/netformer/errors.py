@@ -33,6 +33,14 @@ class OutputExistsError(NetformerError, FileExistsError):
     """The output path already holds results; pass ``overwrite=True`` (CLI: ``--overwrite``)."""
 
 
+class OutputPathError(NetformerError, OSError):
+    """The output cannot be written where asked (read-only, no permission, a file in the way); keeps
+    ``errno`` and ``filename`` as an ``OSError``."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}; write the output elsewhere (--out) or fix the permissions"
+
+
 class CorruptFileError(NetformerError, OSError):
     """An input file is truncated or not in the format its extension promises."""
 

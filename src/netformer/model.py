@@ -95,9 +95,11 @@ def new_model(config, seed: int = 0, attn_implementation: str = "sdpa") -> "Bert
     """A randomly initialised ``BertForMaskedLM`` (seeded)."""
     from transformers import BertForMaskedLM
 
-    torch.manual_seed(seed)
+    from ._state import preserved_rng
+
     config._attn_implementation = attn_implementation
-    return BertForMaskedLM(config)
+    with preserved_rng(seed):  # seeded initialisation; the caller's random streams are left alone
+        return BertForMaskedLM(config)
 
 
 TOKENIZER_FILE = "netformer_tokenizer.json"

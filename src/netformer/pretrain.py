@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ._io import atomic_file, check_output, remove_dir, replace_dir
+from ._state import preserved_rng
 from .encoder import check_dataset, default_device, pad_batch
 from .errors import ConfigError
 from .genes import GeneVocab, resolve_vocab
@@ -316,7 +317,6 @@ def pretrain(dataset, vocab: GeneVocab, output_dir: str | Path, config: Pretrain
     ConfigError
         Resuming with other settings; invalid settings (checked by :class:`PretrainConfig`).
     """
-    import time
 
     cfg = config or PretrainConfig()
     final = Path(output_dir)
@@ -326,6 +326,14 @@ def pretrain(dataset, vocab: GeneVocab, output_dir: str | Path, config: Pretrain
     max_len = min(cfg.max_length or mcfg.max_position_embeddings, mcfg.max_position_embeddings)
     run = {"settings": cfg.run_settings(), "data": _data_fingerprint(dataset), "vocab_digest": vocab.digest}
     out = _run_folder(final, run, overwrite)
+    with preserved_rng():  # the Trainer seeds the global generators; the caller's streams are put back
+        return _train(dataset, vocab, cfg, mcfg, max_len, out, final, callbacks)
+
+
+def _train(dataset, vocab: GeneVocab, cfg: PretrainConfig, mcfg, max_len: int, out: Path, final: Path,
+           callbacks: Sequence) -> PretrainResult:
+    import time
+
     model = masked_gene_model(mcfg, seed=cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("pretraining %s (%.2fM parameters) on %d cells, max length %d, in %s", cfg.preset, n_params / 1e6,

@@ -386,7 +386,7 @@ class TranscriptomeTokenizer:
                 "cell_id": pa.array(cell_ids[rows]),
             }
             for src_col, out_col in keep_cols.items():
-                columns[out_col] = pa.array(_arrow_friendly(obs[src_col].to_numpy()[rows]))
+                columns[out_col] = _arrow_column(obs[src_col].to_numpy()[rows])
             summary.n_cells_out += len(rows)
             yield pa.table(columns)
         n = max(summary.n_cells_out, 1)
@@ -508,11 +508,13 @@ def _nothing_tokenized(s: TokenizeSummary) -> str:
             "on the dictionary's genes (check the gene ids and the filter column)")
 
 
-def _arrow_friendly(values: np.ndarray) -> np.ndarray | list:
-    """Categoricals and objects become strings (NaN -> None); numbers stay numbers."""
+def _arrow_column(values: np.ndarray) -> pa.Array:
+    """An obs column as Arrow: numbers stay numbers; categoricals and objects become strings (NaN ->
+    null) typed ``string`` even when a chunk holds no value, so every chunk has the same schema."""
     if values.dtype.kind in "biuf":
-        return values
-    return [None if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v) for v in values]
+        return pa.array(values)
+    return pa.array([None if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v) for v in values],
+                    type=pa.string())
 
 
 def load_tokenized(path: str | Path) -> "datasets.Dataset":  # noqa: F821

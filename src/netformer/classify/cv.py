@@ -176,8 +176,10 @@ def _holdout(y, val_size: float, groups, seed: int, what: str) -> tuple[np.ndarr
 def _gene_table(model_dir, data: CellData, gene_labels, config: FinetuneConfig, on_missing: str = "drop",
                 with_stats: bool = True):
     """Labelled genes that occur in the tokenized cells (and in the counts): ``(genes, y, stats)``."""
+    from ..genes import resolve_vocab
+
     probe = GeneClassifier(model_dir, config)
-    vocab = probe._need_vocab()
+    vocab = resolve_vocab(model_dir, data.dataset, probe.vocab)  # the model's, else the cells' dictionary
     labels = resolve_gene_labels(gene_labels, vocab, on_missing)
     stats = gene_expression_stats(data.adata, vocab) if with_stats else None
     present = probe._present_tokens(data.dataset["input_ids"])

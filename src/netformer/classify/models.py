@@ -33,6 +33,7 @@ from .._io import atomic_dir
 from ..encoder import check_dataset, default_device, length_sorted_batches, pad_batch
 from ..errors import ConfigError, DictionaryError, InputDataError
 from ..genes import GeneVocab, model_vocab, resolve_vocab
+from .._state import preserved_rng
 from ..model import check_model_dir, load_model, save_model, tokenizer_settings
 from .config import FinetuneConfig
 from .data import get_labels, resolve_gene_labels
@@ -79,7 +80,11 @@ class _Finetuner:
 
     def _build(self, classes: list[str]) -> None:
         cfg = self.config
-        torch.manual_seed(cfg.seed)
+        with preserved_rng(cfg.seed):  # the head's initialisation; the caller's random streams are left alone
+            self._build_seeded(classes)
+
+    def _build_seeded(self, classes: list[str]) -> None:
+        cfg = self.config
         kw = dict(num_labels=len(classes), id2label=dict(enumerate(classes)),
                   label2id={c: i for i, c in enumerate(classes)})
         if cfg.classifier_dropout is not None:
@@ -137,8 +142,14 @@ class _Finetuner:
         n_steps = len(batches) * cfg.epochs
         opt, sched = self._optimizer(n_steps)
         loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device), ignore_index=-100)
+        with preserved_rng(cfg.seed):  # dropout draws from torch's global generator: give it back afterwards
+            self._epochs(seqs, batches, batch_targets, opt, sched, loss_fn, val_score)
+
+    def _epochs(self, seqs, batches, batch_targets, opt, sched, loss_fn, val_score) -> None:
+        cfg = self.config
+        device = self.device
+        max_len = self._max_length()
         rng = np.random.default_rng(cfg.seed)
-        torch.manual_seed(cfg.seed)
         best, best_state = -np.inf, None
         self.history_ = []
         for epoch in range(cfg.epochs):

@@ -109,7 +109,18 @@ def _run(objective, n_trials: int, seed: int, space: SearchSpace, base: Finetune
     and recorded one by one; the result uses the first ``n_trials`` trials."""
     import optuna
 
+    verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return _run_trials(objective, n_trials, seed, space, base, run)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _run_trials(objective, n_trials: int, seed: int, space: SearchSpace, base: FinetuneConfig,
+                run: RunFolder | None) -> SearchResult:
+    import optuna
+
     records: list[dict] = list(run.manifest.get("trials", [])) if run is not None else []
     baseline = dict(run.manifest.get("baseline", {})) if run is not None else {}
     if records:

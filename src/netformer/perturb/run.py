@@ -26,6 +26,7 @@ with the same settings skips finished chunks. Final tables (``results.parquet``,
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -189,13 +190,12 @@ class PerturbResult:
 def _load(model, dataset, vocab: GeneVocab | None, device):
     """The encoder, its dictionary (the one policy, :func:`netformer.genes.resolve_vocab`) and the one
     device of the run (:func:`netformer.encoder.model_device`); the cells are checked against the model."""
-    source = model
     if isinstance(model, (str, Path)):
         model = load_model(model, kind="base", device=device)
     base = base_model(model)
     dev = model_device(base, device)
-    vocab = resolve_vocab(source, dataset, vocab, model_config={"vocab_size": base.config.vocab_size,
-                                                               "pad_token_id": base.config.pad_token_id})
+    vocab = resolve_vocab(model, dataset, vocab, model_config={"vocab_size": base.config.vocab_size,
+                                                              "pad_token_id": base.config.pad_token_id})
     check_dataset(dataset, base.config.vocab_size)
     return base, vocab, dev
 
@@ -292,16 +292,31 @@ def _process_cell(ev: ExactEvaluator, ids: list[int], sets, cfg, vocab, goal_vec
     return pd.DataFrame(rows), genes_df
 
 
-def _run_settings(cfg: PerturbConfig, cells: np.ndarray, base, states: CellStates | None, n_dataset: int) -> dict:
+def _run_settings(cfg: PerturbConfig, cells: np.ndarray, base, states: CellStates | None, dataset) -> dict:
     """Everything that determines a run's results (the batch size, device and ``max_chunks`` do not)."""
     d = asdict(cfg)
     for k in ("device", "batch_size", "max_chunks"):
         d.pop(k)
-    w = base.embeddings.word_embeddings.weight.detach()
-    model = [float(w.double().sum()), float(w.double().abs().sum()), list(w.shape)]
-    cells_digest = hashlib.sha256(np.asarray(cells, dtype=np.int64).tobytes()).hexdigest()[:16]
-    return {"config": d, "model": model, "cells": [len(cells), cells_digest], "n_dataset": n_dataset,
-            "states": asdict(states) if states else None}
+    return {"config": d, "model": _parameters_digest(base), "cells": _cells_digest(dataset, cells),
+            "n_dataset": len(dataset), "states": asdict(states) if states else None}
+
+
+def _parameters_digest(model) -> str:
+    """SHA-256 of every parameter's bytes (as float32 on the CPU, so a run may resume on another device)."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        t = p.detach().cpu()
+        h.update(name.encode())
+        h.update((t.float() if t.is_floating_point() else t).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _cells_digest(dataset, cells: np.ndarray) -> str:
+    """SHA-256 of the selected cells' indices and tokens (and the state column's values, when present)."""
+    h = hashlib.sha256(np.asarray(cells, dtype=np.int64).tobytes())
+    for ids in dataset.select(cells.tolist()).with_format("arrow")[:]["input_ids"].to_pylist():
+        h.update(np.asarray(ids, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
 
 
 def perturb(
@@ -360,7 +375,9 @@ def perturb(
 
     final = Path(out_dir) if out_dir is not None else None
     chunks = [cells[i: i + cfg.chunk_cells] for i in range(0, len(cells), cfg.chunk_cells)]
-    out, manifest = _open_run(final, _run_settings(cfg, cells, base, states, len(dataset)), overwrite)
+    out, manifest = _open_run(final, _run_settings(cfg, cells, base, states, dataset), overwrite)
+    if manifest.get("finished"):  # a replacement that completed just before a kill: it is the result
+        return _finished(final)
     state_pos = _state_positions(base, dataset, states, vocab, cfg, device, out) if states is not None else {}
     goal_vecs = _goal_vectors(states, state_pos)
 
@@ -425,9 +442,24 @@ def _open_run(final: Path | None, settings: dict, overwrite: bool) -> tuple[Path
         return None, {"done": {}}
     run = open_run(final, settings, overwrite, "results.parquet", "perturbation run")
     if run.finished:
-        check_output(final, overwrite=False)
+        if not overwrite:
+            check_output(final, overwrite=False)
+        return run.folder, {**run.manifest, "finished": True}
     run.manifest.setdefault("done", {})
     return run.folder, run.manifest
+
+
+def _finished(final: Path) -> PerturbResult:
+    """The result of a finished run folder, read back."""
+    genes = final / "gene_effects.parquet"
+    spath = final / "states.parquet"
+    states = {}
+    if spath.exists():
+        sdf = pd.read_parquet(spath)
+        states = {s: sdf[s].to_numpy(np.float32) for s in sdf.columns}
+    skipped = json.loads((final / "skipped.json").read_text()) if (final / "skipped.json").exists() else {}
+    return PerturbResult(pd.read_parquet(final / "results.parquet"), pd.read_parquet(genes) if genes.exists() else None,
+                         skipped, True, states, final)
 
 
 def _state_positions(base, dataset, states: CellStates, vocab: GeneVocab, cfg: PerturbConfig, device,

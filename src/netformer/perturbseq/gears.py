@@ -478,8 +478,13 @@ class GEARSModel(PerturbationModel):
 
     # ---- training ----------------------------------------------------------------------------
     def _fit(self, data, train):
+        from .._state import preserved_rng
+
+        with preserved_rng(self.config.seed):  # the caller's random streams are left alone
+            return self._fit_seeded(data, train)
+
+    def _fit_seeded(self, data, train):
         cfg = self.config
-        torch.manual_seed(cfg.seed)
         ts = self._build(data, train)
         net = GEARSNetwork(data.n_genes, self.A_co_, self.A_go_, cfg).to(self.device)
         trainer = EpochTrainer(net, ts, self.control_, cfg, self.device)
