@@ -336,6 +336,17 @@ def _is_dataset(obj) -> bool:
     return hasattr(obj, "column_names") and hasattr(obj, "info")
 
 
+def dataset_settings(data) -> dict:
+    """The tokenizer settings a :class:`datasets.Dataset` records (``TranscriptomeTokenizer.settings``:
+    dictionary name, digest and size, input size, special tokens), or ``{}`` for a dataset tokenized
+    elsewhere."""
+    try:
+        rec = json.loads(data.info.description or "{}").get(DATASET_INFO_KEY, {})
+    except (ValueError, AttributeError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
 def model_vocab(model) -> GeneVocab | None:
     """The vocabulary saved with a model, or None.
 
@@ -378,11 +389,7 @@ def dataset_vocab(data) -> tuple[GeneVocab | None, str | None]:
         return vocab, vocab.digest if vocab is not None else None
     if not _is_dataset(data):
         return None, None
-    digest = None
-    try:
-        digest = json.loads(data.info.description or "{}").get(DATASET_INFO_KEY, {}).get("vocab_digest")
-    except (ValueError, AttributeError):
-        digest = None
+    digest = dataset_settings(data).get("vocab_digest")
     vocab = None
     for f in getattr(data, "cache_files", None) or []:
         root = Path(f["filename"]).parent
@@ -473,10 +480,7 @@ def resolve_vocab(model=None, data=None, vocab: GeneVocab | str | os.PathLike | 
 
 def _recorded_name(data, digest: str) -> str:
     """How a dataset without a readable ``vocab/`` names its dictionary (from its recorded settings)."""
-    try:
-        rec = json.loads(data.info.description or "{}").get(DATASET_INFO_KEY, {})
-    except (ValueError, AttributeError):
-        rec = {}
+    rec = dataset_settings(data)
     size = f"{rec['vocab_size']:,} tokens, " if "vocab_size" in rec else ""
     return f"{rec.get('vocab', 'unnamed')!r} ({size}digest {digest})"
 

@@ -138,6 +138,15 @@ def tokenizer_settings(model_dir: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def model_input_size(model_dir: str | Path) -> int:
+    """Tokens per cell to tokenize for a model: the input size it was trained with (its tokenizer
+    settings), capped at its ``max_position_embeddings``; a checkpoint without settings (published
+    Geneformer) uses ``max_position_embeddings`` (V1 2,048, V2 4,096, as upstream)."""
+    limit = int(json.loads((Path(model_dir) / "config.json").read_text())["max_position_embeddings"])
+    size = (tokenizer_settings(model_dir) or {}).get("model_input_size") or limit
+    return min(int(size), limit)
+
+
 def attach_vocab(checkpoint: str | Path, vocab: GeneVocab, path: str | Path, overwrite: bool = False) -> Path:
     """A netformer model directory made from a checkpoint that has no dictionary beside it.
 

@@ -25,9 +25,9 @@ def umap(adata, basis: str = "X_netformer", color: str | Sequence[str] | None = 
          random_state: int = 0, save: str | Path | None = None, **kwargs):
     """UMAP of ``adata.obsm[basis]`` coloured by ``color`` (obs columns or genes), via scanpy.
 
-    Neighbours and coordinates are computed once and kept in ``adata.uns[basis + "_neighbors"]`` /
-    ``adata.obsm[basis + "_umap"]`` (recomputed if the embedding's shape changed). Cells with NaN
-    embeddings (no dictionary gene) are left out. ``**kwargs`` go to :func:`scanpy.pl.embedding`.
+    Coordinates are computed once and kept in ``adata.obsm[basis + "_umap"]`` (with a digest of the
+    embedding in ``adata.uns[basis + "_umap_source"]``; recomputed when the embedding changed, e.g. after
+    another ``tl.embed`` into the same key). Cells with NaN embeddings (no dictionary gene) are left out. ``**kwargs`` go to :func:`scanpy.pl.embedding`.
     Returns the Matplotlib figure.
 
     Raises :class:`InputDataError` if ``adata.obsm`` has no ``basis``.
@@ -37,10 +37,14 @@ def umap(adata, basis: str = "X_netformer", color: str | Sequence[str] | None = 
 
     if basis not in adata.obsm:
         raise InputDataError(f"adata.obsm has no {basis!r} (run netformer.tl.embed first); it holds {list(adata.obsm)}")
-    ok = ~np.isnan(np.asarray(adata.obsm[basis])).any(1)
-    a = adata if ok.all() else adata[ok].copy()
+    import hashlib
+
+    emb = np.asarray(adata.obsm[basis])
+    ok = ~np.isnan(emb).any(1)
     key = f"{basis}_umap"
-    if key not in a.obsm or a.obsm[key].shape[0] != a.n_obs:
+    source = hashlib.sha256(np.ascontiguousarray(emb).tobytes()).hexdigest()[:16] + f"-{n_neighbors}-{random_state}"
+    if key not in adata.obsm or adata.uns.get(f"{key}_source") != source:  # new, or made from another embedding
+        a = adata if ok.all() else adata[ok].copy()
         sc.pp.neighbors(a, use_rep=basis, n_neighbors=n_neighbors, random_state=random_state,
                         key_added=f"{basis}_neighbors")
         sc.tl.umap(a, neighbors_key=f"{basis}_neighbors", random_state=random_state, key_added=key)
@@ -48,6 +52,8 @@ def umap(adata, basis: str = "X_netformer", color: str | Sequence[str] | None = 
             full = np.full((adata.n_obs, 2), np.nan, dtype=np.float32)
             full[ok] = a.obsm[key]
             adata.obsm[key] = full
+        adata.uns[f"{key}_source"] = source
+    a = adata if ok.all() else adata[ok]
     fig = sc.pl.embedding(a, basis=key, color=color, show=False, return_fig=True, **kwargs)
     if save is not None:
         from ._io import save_figure

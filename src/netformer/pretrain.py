@@ -430,12 +430,9 @@ def _last_complete_checkpoint(folder: Path, set_aside: bool = True) -> str | Non
 
 def _tokenizer_settings(dataset) -> dict | None:
     """The tokenizer settings a dataset records (see ``TranscriptomeTokenizer.settings``), or None."""
-    from .genes import DATASET_INFO_KEY
+    from .genes import dataset_settings
 
-    try:
-        return json.loads(dataset.info.description or "{}").get(DATASET_INFO_KEY)
-    except (ValueError, AttributeError):
-        return None
+    return dataset_settings(dataset) or None
 
 
 def initial_mlm_loss(vocab_size: int) -> float:

@@ -40,16 +40,15 @@ def _model_and_vocab(model, vocab, subfolder, device):
     """(loaded encoder, its dictionary, a printable model name, tokens per cell)."""
     from .encoder import base_model
     from .genes import resolve_vocab
-    from .model import load_model, tokenizer_settings
+    from .model import load_model, model_input_size
 
     name = str(model) + (f"/{subfolder}" if subfolder else "")
     if isinstance(model, (str, Path)):
         model = load_model(model, kind="base", device=device, subfolder=subfolder)
     base = base_model(model)
     vocab = resolve_vocab(model, None, vocab)
-    settings = tokenizer_settings(base.name_or_path) if base.name_or_path else None
-    size = (settings or {}).get("model_input_size") or base.config.max_position_embeddings
-    return base, vocab, name, min(int(size), base.config.max_position_embeddings)
+    size = model_input_size(base.name_or_path) if base.name_or_path else base.config.max_position_embeddings
+    return base, vocab, name, size
 
 
 def _tokenized(adata, vocab, size: int, layer: str | None, obs_columns: Sequence[str] = ()):
@@ -168,12 +167,11 @@ def classify(adata, classifier, *, layer: str | None = None, key_added: str = "n
     the errors of :func:`embed` for the cells.
     """
     from .classify import CellClassifier
-    from .model import tokenizer_settings
+    from .model import model_input_size
 
     adata = adata.copy() if copy else adata
     clf = CellClassifier.load(classifier, device=device)
-    size = (tokenizer_settings(classifier) or {}).get("model_input_size") or clf.model.config.max_position_embeddings
-    ds = _tokenized(adata, clf.vocab, min(int(size), clf.model.config.max_position_embeddings), layer)
+    ds = _tokenized(adata, clf.vocab, model_input_size(classifier), layer)
     proba = clf.predict_proba(ds)
     rows = _rows(adata, ds)
     full = np.full((adata.n_obs, proba.shape[1]), np.nan, dtype=np.float32)

@@ -80,7 +80,7 @@ def finetune(
     from ..classify.data import load_cells, read_gene_labels
     from ..errors import ConfigError, InputDataError
     from ..genes import model_vocab
-    from ..model import attach_vocab
+    from ..model import attach_vocab, model_input_size
 
     cell_task = value(task) == "cell"
     if n_splits < 0 or n_splits == 1:
@@ -100,7 +100,7 @@ def finetune(
                          batch_size=batch_size, freeze_layers=freeze_layers, max_length=max_length,
                          class_weights=value(class_weights), seed=seed, device=device)
     columns = ([label_column] if cell_task else []) + ([group_column] if group_column else [])
-    model_input = json.loads((path / "config.json").read_text())["max_position_embeddings"]
+    model_input = model_input_size(path)
     data = load_cells(cells, chosen, counts=counts, max_length=max_length or model_input, obs_columns=columns,
                       n_cells=n_cells, seed=seed)
     if cell_task:
