@@ -317,9 +317,6 @@ def resolve_checkpoint(path: str | Path, subfolder: str | None = None, revision:
     return out
 
 
-MODEL_KINDS = ("base", "mlm", "cell", "gene")
-
-
 def load_model(
     path: str | Path,
     kind: str = "base",

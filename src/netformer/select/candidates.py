@@ -136,7 +136,10 @@ def read_candidates(path: str | os.PathLike) -> list[str]:
             raise InputDataError(f"{path} has no 'gene' column (columns: {list(df.columns)}).")
         genes = df["gene"].astype(str).str.strip().tolist()
     else:
-        genes = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        import gzip
+
+        text = gzip.open(path, "rt").read() if path.name.endswith(".gz") else path.read_text()
+        genes = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     if not genes:
         raise InputDataError(f"candidate file {path} lists no genes.")
     return genes
