@@ -361,13 +361,14 @@ def _train(dataset, vocab: GeneVocab, cfg: PretrainConfig, mcfg, max_len: int, o
 
 
 def _data_fingerprint(dataset) -> dict:
-    """Number of cells and a digest of the lengths and the first and last cells' tokens."""
+    """Number of cells and a digest of the lengths and the first, middle and last cells' tokens
+    (bounded work for a corpus of any size)."""
     import hashlib
 
-    h = hashlib.sha256()
+    from .runs import tokens_digest
+
     n = len(dataset)
-    for i in sorted({0, n // 2, n - 1}):
-        h.update(np.asarray(dataset[i]["input_ids"], dtype=np.int64).tobytes())
+    h = hashlib.sha256(tokens_digest(dataset, sorted({0, n // 2, n - 1})).encode())
     if "length" in dataset.column_names:
         lengths = dataset.select_columns(["length"]).with_format("arrow")[:]["length"]
         h.update(np.asarray(lengths.to_numpy(zero_copy_only=False), dtype=np.int64).tobytes())

@@ -31,6 +31,18 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 
 
+def tokens_digest(dataset, rows) -> str:
+    """16 hex digits of SHA-256 over ``rows`` (indices into a tokenized dataset) and those cells' ``input_ids``:
+    what a resumed run must find again in its input."""
+    import numpy as np
+
+    rows = np.asarray(rows, dtype=np.int64)
+    h = hashlib.sha256(rows.tobytes())
+    for ids in dataset.select(rows.tolist()).with_format("arrow")[:]["input_ids"].to_pylist():
+        h.update(np.asarray(ids, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
 def fingerprint(settings: Mapping) -> str:
     """SHA-256 of the settings as sorted JSON."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()

@@ -41,7 +41,7 @@ from ..encoder import POOLINGS, base_model, check_dataset, model_device, n_kept_
 from ..errors import ConfigError, GeneIdError, InputDataError
 from ..genes import GeneVocab, resolve_vocab
 from ..model import load_model
-from ..runs import MANIFEST, open_run, write_json
+from ..runs import MANIFEST, open_run, tokens_digest, write_json
 from .engine import ExactEvaluator, cosine
 from .ops import PERTURBATIONS, CellLayout, perturb_cell
 from .screen import screen_cell
@@ -297,7 +297,7 @@ def _run_settings(cfg: PerturbConfig, cells: np.ndarray, base, states: CellState
     d = asdict(cfg)
     for k in ("device", "batch_size", "max_chunks"):
         d.pop(k)
-    return {"config": d, "model": _parameters_digest(base), "cells": _cells_digest(dataset, cells),
+    return {"config": d, "model": _parameters_digest(base), "cells": tokens_digest(dataset, cells),
             "n_dataset": len(dataset), "states": asdict(states) if states else None}
 
 
@@ -308,14 +308,6 @@ def _parameters_digest(model) -> str:
         t = p.detach().cpu()
         h.update(name.encode())
         h.update((t.float() if t.is_floating_point() else t).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _cells_digest(dataset, cells: np.ndarray) -> str:
-    """SHA-256 of the selected cells' indices and tokens (and the state column's values, when present)."""
-    h = hashlib.sha256(np.asarray(cells, dtype=np.int64).tobytes())
-    for ids in dataset.select(cells.tolist()).with_format("arrow")[:]["input_ids"].to_pylist():
-        h.update(np.asarray(ids, dtype=np.int64).tobytes())
     return h.hexdigest()[:16]
 
 
