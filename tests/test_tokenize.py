@@ -214,3 +214,63 @@ def test_write_is_atomic_and_refuses_existing_output(pbmc, v2, tmp_path):
         TranscriptomeTokenizer(v2, chunk_size=16).write([pbmc[:64].copy(), bad], tmp_path / "tok2")
     assert not (tmp_path / "tok2").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["tok"]
+
+
+def test_write_shards_in_place_equal_in_memory_tokenization(pbmc, v2, tmp_path):
+    """Several shards written as the cells are encoded read back as one dataset: same cells, order,
+    columns and recorded settings as tokenize() in memory."""
+    import json
+
+    import datasets
+
+    from netformer.genes import dataset_settings
+
+    sub = pbmc[:400].copy()
+    tok = TranscriptomeTokenizer(v2, obs_columns=["cell_type"], chunk_size=50)
+    tok.write([sub], tmp_path / "tok", max_shard_size=150_000)
+    files = sorted(p.name for p in (tmp_path / "tok").glob("*.arrow"))
+    assert len(files) > 2 and files[0] == f"data-00000-of-{len(files):05d}.arrow"
+    assert not list((tmp_path / "tok").glob("*.part"))
+    state = json.loads((tmp_path / "tok" / "state.json").read_text())
+    assert [f["filename"] for f in state["_data_files"]] == files
+    ds = datasets.load_from_disk(str(tmp_path / "tok"))
+    mem = TranscriptomeTokenizer(v2, obs_columns=["cell_type"]).tokenize(sub)
+    assert ds.features == mem.features
+    for col in ("input_ids", "length", "cell_id", "cell_type"):
+        assert ds[col] == mem[col]
+    assert dataset_settings(ds) == tok.settings() and dataset_vocab(ds)[1] == v2.digest
+
+
+KILL_JOB = """
+import os, sys
+import anndata as ad
+from netformer.genes import GeneVocab
+from netformer.tokenize import TranscriptomeTokenizer
+vocab = GeneVocab.load(sys.argv[2])
+tok = TranscriptomeTokenizer(vocab, chunk_size=40)
+orig = tok.iter_tables
+def dying(source):
+    for i, t in enumerate(orig(source)):
+        if i == 5:
+            os.kill(os.getpid(), 9)
+        yield t
+tok.iter_tables = dying
+tok.write([ad.read_h5ad(sys.argv[1])], sys.argv[3], max_shard_size=50_000)
+"""
+
+
+def test_killed_write_leaves_nothing_and_the_rerun_completes(pbmc, v2, tmp_path):
+    import subprocess
+    import sys
+
+    sub = pbmc[:300].copy()
+    sub.write_h5ad(tmp_path / "cells.h5ad")
+    v2.save(tmp_path / "vocab")
+    out = tmp_path / "out" / "tok"
+    r = subprocess.run([sys.executable, "-c", KILL_JOB, str(tmp_path / "cells.h5ad"), str(tmp_path / "vocab"), str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == -9, r.stderr[-2000:]
+    assert not out.exists() and len(list(out.parent.iterdir())) == 1  # only the killed writer's temporary
+    TranscriptomeTokenizer(v2, chunk_size=40).write([sub], out, max_shard_size=50_000)
+    assert [p.name for p in out.parent.iterdir()] == ["tok"]
+    assert load_tokenized(out)["input_ids"] == TranscriptomeTokenizer(v2).tokenize(sub)["input_ids"]

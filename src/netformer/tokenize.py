@@ -432,51 +432,69 @@ class TranscriptomeTokenizer:
         remember_vocab(self.vocab)
         return datasets.DatasetInfo(description=json.dumps({DATASET_INFO_KEY: self.settings()}))
 
-    def write(self, sources: Iterable, out_dir: str | Path, overwrite: bool = False) -> TokenizeSummary:
+    def write(self, sources: Iterable, out_dir: str | Path, overwrite: bool = False,
+              max_shard_size: int | str | None = None) -> TokenizeSummary:
         """Tokenize files (streamed) into a dataset directory readable by ``datasets.load_from_disk``.
 
-        The directory also holds ``netformer_tokenizer.json`` (config, vocabulary name, summary) and
-        ``vocab/`` (the :class:`GeneVocab` used, readable with ``GeneVocab.load``).
-        Output is written to a temporary directory and renamed into place; raises
-        :class:`~netformer.errors.OutputExistsError` if ``out_dir`` exists and not ``overwrite``.
+        The Arrow shards (``data-XXXXX-of-NNNNN.arrow``, at most ``max_shard_size`` each: default
+        ``datasets.config.MAX_SHARD_SIZE``, 500 MB, as ``save_to_disk``) are written in place as the cells
+        are encoded, chunk after chunk, with ``state.json`` and ``dataset_info.json`` as ``save_to_disk``
+        writes them: nothing is copied or read back, so memory stays bounded by the chunk size whatever
+        the number of cells. The directory also holds ``netformer_tokenizer.json`` (config, vocabulary
+        name, summary) and ``vocab/`` (the :class:`GeneVocab` used, readable with ``GeneVocab.load``).
+        Output is written to a temporary directory and renamed into place; a killed run leaves only that
+        temporary, removed by the next run. Raises :class:`~netformer.errors.OutputExistsError` if
+        ``out_dir`` exists and not ``overwrite``.
         """
-        import datasets
+        from datasets import Features, config as ds_config
         from datasets.arrow_writer import ArrowWriter
+        from datasets.fingerprint import generate_random_fingerprint
+        from datasets.utils.py_utils import asdict as ds_asdict, convert_file_size_to_int
 
         if isinstance(sources, (str, Path)) or not isinstance(sources, Iterable):
             sources = [sources]
+        shard_limit = convert_file_size_to_int(max_shard_size or ds_config.MAX_SHARD_SIZE)
         self.summary = TokenizeSummary()
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-            raw = tmp / "_raw.arrow"
-            schema, writer = None, None
+            schema, writer, parts = None, None, []
             try:
                 for source in sources:
                     for table in self.iter_tables(source):
-                        if writer is None:  # opened on the first cell: an empty writer cannot infer a schema
-                            writer, schema = ArrowWriter(path=str(raw)), table.schema
+                        if schema is None:  # the first cell fixes the schema: an empty writer cannot infer one
+                            schema = table.schema
                         elif table.schema != schema:
                             table = table.cast(schema)
+                        if writer is None:
+                            parts.append(tmp / f"data-{len(parts):05d}.arrow.part")
+                            writer = ArrowWriter(schema=schema, path=str(parts[-1]))
                         writer.write_table(table)
-                if writer is None:
+                        if getattr(writer, "_num_bytes", 0) >= shard_limit:
+                            writer.finalize()
+                            writer.close()
+                            writer = None
+                if schema is None:
                     raise InputDataError(_nothing_tokenized(self.summary))
-                writer.finalize()
+                if writer is not None:
+                    writer.finalize()
             finally:
                 if writer is not None:
                     writer.close()
-            ds = datasets.Dataset.from_file(str(raw), info=self._dataset_info())
-            ds.save_to_disk(str(tmp / "dataset"))
-            del ds
-            raw.unlink()
-            for p in (tmp / "dataset").iterdir():
-                p.rename(tmp / p.name)
-            (tmp / "dataset").rmdir()
-            info = {
-                **self.settings(),
-                "config": asdict(self.config),
-                "summary": asdict(self.summary),
-            }
+            names = [f"data-{i:05d}-of-{len(parts):05d}.arrow" for i in range(len(parts))]
+            for part, name in zip(parts, names):
+                part.rename(tmp / name)
+            info = self._dataset_info()
+            info.features = Features.from_arrow_schema(schema)
+            state = {"_data_files": [{"filename": n} for n in names], "_fingerprint": generate_random_fingerprint(),
+                     "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+                     "_output_all_columns": False, "_split": None}
+            (tmp / ds_config.DATASET_STATE_JSON_FILENAME).write_text(json.dumps(state, indent=2, sort_keys=True))
+            info_dict = ds_asdict(info)
+            (tmp / ds_config.DATASET_INFO_FILENAME).write_text(
+                json.dumps({k: info_dict[k] for k in sorted(info_dict)}, indent=2))
             self.vocab.save(tmp / "vocab")
-            (tmp / "netformer_tokenizer.json").write_text(json.dumps(info, indent=2, default=str))
+            (tmp / "netformer_tokenizer.json").write_text(json.dumps(
+                {**self.settings(), "config": asdict(self.config), "summary": asdict(self.summary)},
+                indent=2, default=str))
         log.info("tokenized %d cells (mean length %.0f) into %s", self.summary.n_cells_out,
                  self.summary.mean_length, out_dir)
         return self.summary
