@@ -175,7 +175,10 @@ def machine_rates(device: str = "cpu", n: int = 2048) -> dict:
 
 def machine_line(m: dict) -> str:
     where = m.get("gpu") or m["cpu"]
-    return (f"machine: {where}; device {m['device']}, {m['threads']} torch thread(s), torch {m['torch']}; "
+    load = ""
+    if hasattr(os, "getloadavg"):
+        load = f", load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    return (f"machine: {where}{load}; device {m['device']}, {m['threads']} torch thread(s), torch {m['torch']}; "
             f"CPU capability {m['cpu_capability']} (AMX {'yes' if m['amx'] else 'no'}, AVX512-BF16 "
             f"{'yes' if m['avx512_bf16'] else 'no'}; native bf16: {m['bf16_unit'] or 'none'}); "
             f"{m['matmul_n']}x{m['matmul_n']} torch.matmul: float32 {m['fp32_gflops']:.1f} GFLOP/s, "
@@ -207,6 +210,26 @@ def bound_line(what: str, ratio: float, goal: float, ours_gflop: float, ours_s: 
             f"matmul rate ours would take {floor_s * 1e3:.1f} ms: ceiling {ceiling:.2f}x"
             + (" (below the goal: the FLOPs bound it)" if ceiling < goal else
                " (above the goal: ours runs below the matmul rate)"))
+
+
+def config_kwargs(cls, precision: str) -> dict:
+    """``precision=`` for a netformer config dataclass that has the field; only fp32 where it has not."""
+    import dataclasses
+
+    if "precision" in {f.name for f in dataclasses.fields(cls)}:
+        return {"precision": precision}
+    if precision != "fp32":
+        raise SystemExit(f"--precision {precision}: this netformer has no precision setting (fp32 only)")
+    return {}
+
+
+def resolved_precision(precision: str, device) -> str:
+    """What ``precision`` resolves to on ``device`` (``auto`` by netformer's rule)."""
+    if precision != "auto":
+        return precision
+    from netformer.precision import resolve_precision
+
+    return resolve_precision("auto", device)
 
 
 def spearman(a, b) -> float:
