@@ -228,21 +228,26 @@ def iter_hidden(
     batch_size: int = 32,
     max_length: int | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    precision: str = "fp32",
     desc: str = "embedding",
 ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Run the encoder, truncated at ``layer``, over cells in length-sorted batches.
 
     Yields ``(indices, hidden, input_ids, attention_mask)`` per batch: ``hidden`` is the
     (batch, length, hidden) float32 state at ``layer`` on the model's device, ``indices`` the positions
-    of the batch's cells in ``seqs``. ``max_length`` defaults to the model's input size; ``dtype``
-    (e.g. ``torch.bfloat16``) is an autocast dtype used on CUDA only. Each forward pass runs without
-    gradients on the truncated encoder; between batches the model is whole and grad mode is the caller's.
+    of the batch's cells in ``seqs``. ``max_length`` defaults to the model's input size. ``precision``
+    (``fp32``, ``bf16``, ``auto``; :func:`netformer.precision.resolve_precision`) runs a bfloat16 copy of
+    the model for ``bf16`` (:func:`netformer.precision.inference_model`); ``hidden`` is float32 either way.
+    Each forward pass runs without gradients on the truncated encoder; between batches the model is
+    whole and grad mode is the caller's.
     """
     from tqdm.auto import tqdm
 
+    from .precision import inference_model, resolve_precision
+
     base = base_model(model)
     dev = model_device(base, device)
+    base = inference_model(base, resolve_precision(precision, dev))
     base.eval()
     max_len = min(max_length or base.config.max_position_embeddings, base.config.max_position_embeddings)
     pad = base.config.pad_token_id or 0
@@ -252,8 +257,6 @@ def iter_hidden(
         ids, mask = pad_batch([seqs[i] for i in idx], pad, max_len)
         ids, mask = ids.to(dev), mask.to(dev)
         # the contexts hold for the forward pass only: nothing leaks into the caller's loop body
-        autocast = (torch.autocast(device_type="cuda", dtype=dtype) if dtype is not None and dev.type == "cuda"
-                    else contextlib.nullcontext())
-        with torch.no_grad(), truncated_encoder(base, layer), autocast:
+        with torch.no_grad(), truncated_encoder(base, layer):
             hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state.float()
         yield idx, hidden, ids, mask

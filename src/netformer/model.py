@@ -7,16 +7,25 @@ load in upstream code. A netformer model directory also holds the gene vocabular
 with (``token_dictionary.json``, ``gene_median_dictionary.json``) so that tokenization and model
 always agree.
 
-Presets (Theodoris et al. 2023; Chen et al. 2024 for V2):
+Presets (Theodoris et al. 2023 for V1; Chen et al. 2024 for V2; each Geneformer preset is field for
+field the upstream ``config.json`` in ``shared/data/models/geneformer_configs``):
 
-============================  ======  ======  =====  ============  =========  =======
-preset                        layers  hidden  heads  intermediate  input      vocab
-============================  ======  ======  =====  ============  =========  =======
-``geneformer-v1-10m``         6       256     4      512           2,048      25,426
-``geneformer-v2-104m``        12      768     12     3,072         4,096      20,275
-``small`` (CPU)               4       128     4      256           2,048      any
-``tiny`` (CPU, tests)         2       64      4      128           512        any
-============================  ======  ======  =====  ============  =========  =======
+============================  ======  ======  =====  ============  =====  =======  =======  ==========
+preset                        layers  hidden  heads  intermediate  input  vocab    dropout  positions
+============================  ======  ======  =====  ============  =====  =======  =======  ==========
+``geneformer-v1-10m``         6       256     4      512           2,048  25,426   0.02     learned
+``geneformer-v2-104m``        12      768     12     3,072         4,096  20,275   0.1      learned
+``geneformer-v2-316m``        18      1,152   18     4,608         4,096  20,275   0.1      learned
+``netformer-seed``            6       512     8      2,048         2,048  any      0.1      sinusoidal
+``small`` (CPU)               4       128     4      256           2,048  any      0.02     learned
+``tiny`` (CPU, tests)         2       64      4      128           512    any      0.02     learned
+============================  ======  ======  =====  ============  =====  =======  =======  ==========
+
+``netformer-seed`` is the model of the project's founding specification: fixed sinusoidal position
+encodings (Vaswani et al. 2017, "Attention is all you need", section 3.5), stored in the position
+embedding table and frozen (``config.position_encoding = "sinusoidal"``; the checkpoint stays a plain
+BERT that upstream code loads). Upstream's released Geneformer models use learned positions. Its
+pretraining defaults are AdamW with lr 1e-4 and weight decay 0.01 (:data:`PRESET_TRAINING`).
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ import torch
 
 from ._io import atomic_dir
 from .encoder import default_device
-from .errors import ConfigError, CorruptFileError, DictionaryError
+from .errors import ConfigError, CorruptFileError, DictionaryError, MissingFileError
+from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter_dir, is_peft, load_adapter
 from .genes import GeneVocab, load_pickle_dict
 
 log = logging.getLogger(__name__)
@@ -46,16 +56,71 @@ _COMMON = dict(
     type_vocab_size=2,
 )
 
+_V2 = dict(max_position_embeddings=4096, vocab_size=20275, hidden_dropout_prob=0.1,
+           attention_probs_dropout_prob=0.1)
+
 PRESETS: dict[str, dict[str, Any]] = {
     "geneformer-v1-10m": dict(num_hidden_layers=6, hidden_size=256, num_attention_heads=4,
                               intermediate_size=512, max_position_embeddings=2048, vocab_size=25426),
     "geneformer-v2-104m": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
-                               intermediate_size=3072, max_position_embeddings=4096, vocab_size=20275),
+                               intermediate_size=3072, **_V2),
+    "geneformer-v2-316m": dict(num_hidden_layers=18, hidden_size=1152, num_attention_heads=18,
+                               intermediate_size=4608, **_V2),
+    "netformer-seed": dict(num_hidden_layers=6, hidden_size=512, num_attention_heads=8, intermediate_size=2048,
+                           max_position_embeddings=2048, hidden_dropout_prob=0.1,
+                           attention_probs_dropout_prob=0.1, position_encoding="sinusoidal"),
     "small": dict(num_hidden_layers=4, hidden_size=128, num_attention_heads=4,
                   intermediate_size=256, max_position_embeddings=2048),
     "tiny": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
                  intermediate_size=128, max_position_embeddings=512),
 }
+
+# Pretraining defaults of a preset (``PretrainConfig`` fields left unset take these): upstream's
+# published recipes for the Geneformer presets (V1: lr 1e-3, weight decay 0.001, linear decay; V2:
+# lr 2e-4, cosine decay), the specification's AdamW settings for ``netformer-seed``.
+PRESET_TRAINING: dict[str, dict[str, Any]] = {
+    "geneformer-v1-10m": dict(learning_rate=1e-3, weight_decay=0.001, lr_scheduler="linear"),
+    "geneformer-v2-104m": dict(learning_rate=2e-4, weight_decay=0.001, lr_scheduler="cosine"),
+    "geneformer-v2-316m": dict(learning_rate=2e-4, weight_decay=0.001, lr_scheduler="cosine"),
+    "netformer-seed": dict(learning_rate=1e-4, weight_decay=0.01, lr_scheduler="linear"),
+}
+POSITION_ENCODINGS = ("learned", "sinusoidal")
+
+
+def sinusoidal_positions(n_positions: int, dim: int) -> torch.Tensor:
+    """(n_positions, dim) float32 table: ``PE[p, 2i] = sin(p / 10000^(2i/dim))``, ``PE[p, 2i+1] = cos(...)``
+    (Vaswani et al. 2017, section 3.5)."""
+    pos = torch.arange(n_positions, dtype=torch.float64)[:, None]
+    rate = torch.pow(10000.0, -torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    table = torch.zeros(n_positions, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * rate)
+    table[:, 1::2] = torch.cos(pos * rate[: dim // 2])
+    return table.float()
+
+
+def fix_positions(model, fill: bool = False):
+    """Freeze the position table of a model whose config says ``position_encoding="sinusoidal"``
+    (``fill``: first write :func:`sinusoidal_positions` into it). Other models are returned unchanged.
+
+    Raises :class:`ConfigError` for an unknown ``position_encoding``.
+    """
+    kind = getattr(model.config, "position_encoding", "learned")
+    if kind not in POSITION_ENCODINGS:
+        raise ConfigError(f"position_encoding must be one of {POSITION_ENCODINGS}, got {kind!r}")
+    if kind == "sinusoidal":
+        table = base_model_of(model).embeddings.position_embeddings.weight
+        if fill:
+            with torch.no_grad():
+                table.copy_(sinusoidal_positions(*table.shape).to(table.dtype))
+        table.requires_grad_(False)
+    return model
+
+
+def base_model_of(model):
+    """The ``BertModel`` inside a Bert head model (or the model itself)."""
+    from .encoder import base_model
+
+    return base_model(model)
 
 
 def model_config(preset: str = "small", vocab: GeneVocab | None = None, **overrides) -> "BertConfig":  # noqa: F821
@@ -92,14 +157,15 @@ def model_config(preset: str = "small", vocab: GeneVocab | None = None, **overri
 
 
 def new_model(config, seed: int = 0, attn_implementation: str = "sdpa") -> "BertForMaskedLM":  # noqa: F821
-    """A randomly initialised ``BertForMaskedLM`` (seeded)."""
+    """A randomly initialised ``BertForMaskedLM`` (seeded); sinusoidal positions filled and frozen where
+    the config asks for them (:func:`fix_positions`)."""
     from transformers import BertForMaskedLM
 
     from ._state import preserved_rng
 
     config._attn_implementation = attn_implementation
     with preserved_rng(seed):  # seeded initialisation; the caller's random streams are left alone
-        return BertForMaskedLM(config)
+        return fix_positions(BertForMaskedLM(config), fill=True)
 
 
 TOKENIZER_FILE = "netformer_tokenizer.json"
@@ -123,6 +189,8 @@ def save_model(model, path: str | Path, vocab: GeneVocab | None = None, overwrit
         vocab.check_model(model.config.vocab_size, model.config.pad_token_id)
     with atomic_dir(path, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        if is_peft(model):  # adapter files only: the classifier's config beside them (lora.load_adapter)
+            model.get_base_model().config.save_pretrained(tmp)
         if vocab is not None:
             vocab.write_files(tmp)
             settings = {"model_input_size": model.config.max_position_embeddings,
@@ -375,7 +443,13 @@ def load_model(
     previous = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        model = classes[kind].from_pretrained(str(path), attn_implementation=attn_implementation, **kwargs)
+        if is_adapter_dir(path):  # a LoRA classifier: its base checkpoint, the adapter merged in
+            kwargs.pop("add_pooling_layer", None)
+            model = load_adapter(path, kind, classes, attn_implementation=attn_implementation, **kwargs)
+        else:
+            model = classes[kind].from_pretrained(str(path), attn_implementation=attn_implementation, **kwargs)
+    except (MissingFileError, ConfigError):
+        raise
     except Exception as exc:  # transformers / safetensors / torch.load raise many types on damaged files
         msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         if "weights only" in msg.lower() or "weights_only" in msg.lower():
@@ -387,7 +461,7 @@ def load_model(
                                "again)") from None
     finally:
         transformers.logging.set_verbosity(previous)
-    return model.to(default_device(device)).eval()
+    return fix_positions(model).to(default_device(device)).eval()
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -409,7 +483,8 @@ def check_model_dir(path: str | Path) -> Path:
         raise CorruptFileError(f"{path / 'config.json'} is not valid JSON ({exc}); restore the model's config.json") from None
     if not isinstance(cfg, dict) or "vocab_size" not in cfg:
         raise CorruptFileError(f"{path / 'config.json'} is not a BERT model configuration (no vocab_size)")
-    if not any((path / f).exists() for f in WEIGHT_FILES):
+    if not any((path / f).exists() for f in WEIGHT_FILES) and not (
+            (path / ADAPTER_CONFIG).exists() and any((path / f).exists() for f in ADAPTER_WEIGHTS)):
         raise CorruptFileError(f"{path} holds no weights ({' or '.join(WEIGHT_FILES[::2])}); copy the complete "
                                "model folder")
     return path

@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -30,9 +30,10 @@ import torch
 from ._io import atomic_file, check_output, remove_dir, replace_dir
 from ._state import preserved_rng
 from .encoder import check_dataset, default_device, pad_batch
+from .precision import resolve_precision
 from .errors import ConfigError
 from .genes import GeneVocab, resolve_vocab
-from .model import model_config, new_model, save_model
+from .model import PRESET_TRAINING, fix_positions, model_config, new_model, save_model
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,18 @@ class PretrainConfig:
         Cells are truncated to this many tokens (default: the preset's input size).
     epochs, max_steps
         Training length; ``max_steps > 0`` overrides ``epochs``.
-    lr_scheduler
-        ``"linear"`` (V1) or ``"cosine"`` (V2), after ``warmup_steps`` of linear warm-up.
+    learning_rate, weight_decay, lr_scheduler
+        AdamW settings and the decay after ``warmup_steps`` of linear warm-up (``"linear"``, V1;
+        ``"cosine"``, V2). Left as None, they are the preset's (:data:`netformer.model.PRESET_TRAINING`:
+        upstream's recipe for the Geneformer presets, lr 1e-4 / weight decay 0.01 for ``netformer-seed``),
+        else lr 1e-3, weight decay 0.001, linear.
     save_steps
         Checkpoint interval in optimisation steps (also the resume granularity).
+    precision
+        ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` (:mod:`netformer.precision`): bf16 trains with
+        float32 master weights under bf16 autocast (the Trainer's ``bf16=True``). The default is fp32
+        because on CPUs autocast measured no faster than float32 for these model sizes
+        (docs/precision.md); on a GPU pass ``auto``.
     """
 
     preset: str = "small"
@@ -62,21 +71,30 @@ class PretrainConfig:
     epochs: float = 1.0
     max_steps: int = -1
     batch_size: int = 16
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None
     warmup_steps: int = 100
-    weight_decay: float = 0.001
-    lr_scheduler: str = "linear"
+    weight_decay: float | None = None
+    lr_scheduler: str | None = None
     mlm_probability: float = 0.15
     save_steps: int = 200
     logging_steps: int = 10
     seed: int = 0
     device: str | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         from .model import PRESETS
+        from .precision import PRECISIONS
 
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        recipe = {"learning_rate": 1e-3, "weight_decay": 0.001, "lr_scheduler": "linear",
+                  **PRESET_TRAINING.get(self.preset, {})}
+        for name, value in recipe.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if not 0 < self.mlm_probability < 1:
             raise ConfigError("mlm_probability must be in (0, 1)")
         if self.lr_scheduler not in LR_SCHEDULERS:
@@ -216,7 +234,7 @@ def masked_gene_model(config, seed: int = 0):
     model = new_model(config, seed=seed)
     fast = _MaskedGeneLM(config)
     fast.load_state_dict(model.state_dict())
-    return fast
+    return fix_positions(fast)
 
 
 def _as_plain_mlm(model):
@@ -266,6 +284,7 @@ def _training_args(cfg: PretrainConfig, out: Path, n_cells: int):
         ddp_find_unused_parameters=False,
         # pinned host memory only helps copies to a GPU (and warns without one)
         dataloader_pin_memory=cfg.device != "cpu" and torch.cuda.is_available(),
+        bf16=cfg.precision == "bf16",  # autocast over float32 master weights
     )
     params = inspect.signature(TrainingArguments).parameters
     if "train_sampling_strategy" in params:
@@ -319,6 +338,7 @@ def pretrain(dataset, vocab: GeneVocab, output_dir: str | Path, config: Pretrain
     """
 
     cfg = config or PretrainConfig()
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, default_device(cfg.device)))
     final = Path(output_dir)
     vocab = resolve_vocab(None, dataset, vocab)  # the cells' dictionary must be this one
     check_dataset(dataset, vocab.vocab_size)

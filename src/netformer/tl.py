@@ -64,7 +64,7 @@ def _rows(adata, dataset) -> np.ndarray:
 
 def embed(adata, model, *, vocab=None, layer: str | None = None, hidden_layer: int = -2, pooling: str = "mean",
           key_added: str = "X_netformer", batch_size: int = 32, device: str | None = None,
-          subfolder: str | None = None, copy: bool = False):
+          precision: str = "auto", subfolder: str | None = None, copy: bool = False):
     """Cell embeddings of ``adata``'s cells into ``adata.obsm[key_added]`` (n_obs, hidden_size) float32.
 
     Upstream Geneformer's ``EmbExtractor`` rule: mean over the gene tokens (special tokens excluded) of
@@ -81,6 +81,9 @@ def embed(adata, model, *, vocab=None, layer: str | None = None, hidden_layer: i
         Dictionary for a checkpoint that has none beside it (default: the model's).
     layer
         Counts from ``adata.layers[layer]`` instead of ``X``.
+    precision
+        ``auto`` (bf16 where native, else fp32), ``fp32`` or ``bf16``
+        (:class:`~netformer.embed.EmbeddingConfig`; recorded in ``uns[key_added]``).
     copy
         Return an annotated copy instead of writing into ``adata``.
 
@@ -92,24 +95,28 @@ def embed(adata, model, *, vocab=None, layer: str | None = None, hidden_layer: i
         Non-unique obs names, bad counts, no cell with a dictionary gene.
     """
     from .embed import EmbeddingConfig, embed_cells
+    from .encoder import model_device
+    from .precision import resolve_precision
 
     adata = adata.copy() if copy else adata
     base, vocab, name, size = _model_and_vocab(model, vocab, subfolder, device)
     ds = _tokenized(adata, vocab, size, layer)
-    emb = embed_cells(base, ds, EmbeddingConfig(layer=hidden_layer, pooling=pooling, batch_size=batch_size,
-                                                device=device), vocab=vocab)
+    ecfg = EmbeddingConfig(layer=hidden_layer, pooling=pooling, batch_size=batch_size, device=device,
+                           precision=precision)
+    emb = embed_cells(base, ds, ecfg, vocab=vocab)
     full = np.full((adata.n_obs, emb.shape[1]), np.nan, dtype=np.float32)
     full[_rows(adata, ds)] = emb
     adata.obsm[key_added] = full
     adata.uns[key_added] = {"model": name, "hidden_layer": hidden_layer, "pooling": pooling, "counts_layer": layer or "X",
                             "vocab": vocab.name, "vocab_digest": vocab.digest, "model_input_size": size,
+                            "precision": resolve_precision(precision, model_device(base, device)),
                             "n_cells_embedded": int(len(ds)), "netformer_version": _version()}
     return adata if copy else None
 
 
 def embed_genes(adata, model, *, vocab=None, layer: str | None = None, hidden_layer: int = -2,
                 key_added: str = "X_netformer", batch_size: int = 32, device: str | None = None,
-                subfolder: str | None = None, copy: bool = False):
+                precision: str = "auto", subfolder: str | None = None, copy: bool = False):
     """Contextual gene embeddings (a gene token's hidden state averaged over the cells that express it)
     into ``adata.varm[key_added]`` (n_vars, hidden_size), NaN for genes outside the dictionary or never
     among a cell's tokens; ``uns[key_added + "_genes"]`` records how, with the number of cells per gene.
@@ -124,7 +131,8 @@ def embed_genes(adata, model, *, vocab=None, layer: str | None = None, hidden_la
     adata = adata.copy() if copy else adata
     base, vocab, name, size = _model_and_vocab(model, vocab, subfolder, device)
     ds = _tokenized(adata, vocab, size, layer)
-    table = _embed_genes(base, ds, EmbeddingConfig(layer=hidden_layer, batch_size=batch_size, device=device), vocab=vocab)
+    table = _embed_genes(base, ds, EmbeddingConfig(layer=hidden_layer, batch_size=batch_size, device=device,
+                                                   precision=precision), vocab=vocab)
     ids = vocab.map_ids(select_gene_ids(adata.var, "auto"))
     pos = table.index.get_indexer(pd.Index([i if i is not None else "" for i in ids]))
     dims = table.filter(like="dim_").to_numpy(np.float32)

@@ -57,6 +57,17 @@ class FinetuneConfig:
         Seeds head initialisation, batch order and dropout: same input + seed -> same model.
     device
         ``"cpu"``, ``"cuda"``, ...; default CUDA when available, else CPU.
+    lora
+        None (default: full fine-tuning), a LoRA rank, or a mapping of LoRA settings (``r``, ``alpha``,
+        ``dropout``, ``target_modules``; defaults :data:`netformer.lora.LORA_DEFAULTS`: rank 8, alpha 16,
+        dropout 0.05 on query/key/value). LoRA (Hu et al. 2021, through peft) trains low-rank updates
+        of the attention projections and the whole head; the model is saved as a peft adapter
+        beside the base checkpoint (:mod:`netformer.lora`). Meant for the V2 models.
+    precision
+        ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` (:mod:`netformer.precision`): bf16 runs the
+        forward passes (training and prediction) under bf16 autocast with float32 master weights.
+        fp32 is the default because on CPUs autocast measured no faster (docs/precision.md); on a GPU
+        with bf16 pass ``auto``.
     """
 
     learning_rate: float = 5e-4
@@ -73,9 +84,18 @@ class FinetuneConfig:
     select_best: bool = True
     seed: int = 0
     device: str | None = None
+    precision: str = "fp32"
+    lora: int | dict | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from ..lora import lora_settings
+        from ..precision import PRECISIONS
+
+        self.lora = lora_settings(self.lora)
+
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.lr_scheduler not in SCHEDULES:

@@ -31,6 +31,8 @@ from tqdm.auto import tqdm
 
 from .._io import atomic_dir
 from ..encoder import check_dataset, default_device, length_sorted_batches, pad_batch
+from ..lora import add_lora
+from ..precision import autocast, resolve_precision
 from ..errors import ConfigError, DictionaryError, InputDataError
 from ..genes import GeneVocab, model_vocab, resolve_vocab
 from .._state import preserved_rng
@@ -78,6 +80,11 @@ class _Finetuner:
     def device(self) -> torch.device:
         return default_device(self.config.device)
 
+    @property
+    def precision(self) -> str:
+        """The resolved precision (``fp32`` / ``bf16``) of :attr:`FinetuneConfig.precision` on the device."""
+        return resolve_precision(self.config.precision, self.device)
+
     def _build(self, classes: list[str]) -> None:
         cfg = self.config
         with preserved_rng(cfg.seed):  # the head's initialisation; the caller's random streams are left alone
@@ -100,6 +107,11 @@ class _Finetuner:
             for layer in model.bert.encoder.layer[:n_freeze]:
                 for p in layer.parameters():
                     p.requires_grad = False
+        if cfg.lora:
+            model = add_lora(model, cfg.lora, self.kind, self.model_dir)
+            n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            log.info("LoRA rank %d on %s: %.2fM of %.2fM parameters trained", cfg.lora["r"],
+                     "/".join(cfg.lora["target_modules"]), n_train / 1e6, sum(p.numel() for p in model.parameters()) / 1e6)
         self.model = model
         self.classes_ = list(classes)
 
@@ -150,6 +162,7 @@ class _Finetuner:
         device = self.device
         max_len = self._max_length()
         rng = np.random.default_rng(cfg.seed)
+        precision = self.precision
         best, best_state = -np.inf, None
         self.history_ = []
         for epoch in range(cfg.epochs):
@@ -163,7 +176,8 @@ class _Finetuner:
                 ids, mask = pad_batch([seqs[i] for i in idx], self._pad_id(), max_len)
                 target = batch_targets(idx, ids)
                 ids, mask, target = ids.to(device), mask.to(device), target.to(device)
-                logits = self.model(input_ids=ids, attention_mask=mask).logits
+                with autocast(precision, device):
+                    logits = self.model(input_ids=ids, attention_mask=mask).logits
                 loss = loss_fn(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -193,7 +207,7 @@ class _Finetuner:
         self.model.to(device).eval()
         max_len = self._max_length()
         batches = length_sorted_batches([len(s) for s in seqs], batch_size or max(self.config.batch_size, 32))
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision, device):
             for idx in batches:
                 ids, mask = pad_batch([seqs[i] for i in idx], self._pad_id(), max_len)
                 logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits

@@ -18,6 +18,7 @@ from ..encoder import POOLINGS
 from ..model import PRESETS
 from ..perturb import PERTURBATIONS
 from ..perturb.run import MODES
+from ..precision import PRECISIONS
 from ..pretrain import LR_SCHEDULERS
 from ..select.active import STRATEGIES
 from ..select.benchmark import MODELS
@@ -45,6 +46,7 @@ Missing = choices("Missing", MISSING_POLICIES)
 BenchmarkModel = choices("BenchmarkModel", MODELS)
 PretrainSchedule = choices("PretrainSchedule", LR_SCHEDULERS)
 Mode = choices("Mode", MODES)
+PrecisionChoice = choices("Precision", PRECISIONS)
 NCountsFallback = choices("NCountsFallback", ("row-sum",))
 # No constant in the library yet for these (FinetuneConfig checks a literal): keep in step with it.
 ClassWeights = choices("ClassWeights", ("balanced",))
@@ -59,6 +61,23 @@ VocabDir = Annotated[Optional[Path], typer.Option(
 Subfolder = Annotated[Optional[str], typer.Option(
     "--subfolder", help="The model's folder inside MODEL, e.g. Geneformer-V2-104M for ctheodoris/Geneformer.")]
 Device = Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:1 ... (default: CUDA if available).")]
+def precision_option(default: str, note: str) -> object:
+    """The ``--precision`` option of a command (its default and what it means there)."""
+    return Annotated[PrecisionChoice, typer.Option(
+        "--precision", help=f"fp32 | bf16 | auto (bf16 where the GPU or CPU (AMX, AVX512-BF16) multiplies it "
+                            f"natively, else fp32; bf16 elsewhere is refused). {note}")]
+
+
+def checked_precision(precision, device: str | None) -> str:
+    """The ``--precision`` value, checked against the device the command will run on before anything
+    is loaded or written (:func:`netformer.precision.resolve_precision` raises ConfigError)."""
+    from ..encoder import default_device
+    from ..precision import resolve_precision
+
+    resolve_precision(value(precision), default_device(device))
+    return value(precision)
+
+
 ModelArg = Annotated[str, typer.Argument(
     help="Model directory, or a Hugging Face Hub id such as ctheodoris/Geneformer (with --subfolder; read from the "
          "Hub cache, also offline with HF_HUB_OFFLINE=1).", show_default=False)]

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ._common import (ClassWeights, Device, FinetuneSchedule, ModelArg, Overwrite, Subfolder, Task, VocabDir,
-                      model_and_vocab, value)
+                      checked_precision, model_and_vocab, precision_option, value)
 
 
 def finetune(
@@ -51,6 +51,11 @@ def finetune(
                                                                   help="'balanced' or omit.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: Device = None,
+    precision: precision_option("fp32", "Training keeps float32 master weights under bf16 autocast.") = "fp32",
+    lora_rank: Annotated[Optional[int], typer.Option(
+        "--lora-rank", help="Train LoRA adapters of this rank (peft; query/key/value, alpha 2 x rank) and the "
+                            "head instead of the whole model; saved as a peft adapter beside the base "
+                            "checkpoint.")] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Fine-tune a classifier, evaluate it beside its baseline (cross-validated) and save it in OUT/model.
@@ -88,6 +93,7 @@ def finetune(
     if search < 0:
         raise ConfigError(f"--search {search}: give 0 (no search) or a positive number of trials")
     _refuse_finished(output_dir, overwrite, MANIFEST)
+    checked_precision(precision, device)
     tokenized = cells.is_dir()
     if tokenized and counts is None and (n_splits >= 2 or search > 0):
         raise ConfigError(f"{cells} holds tokenized cells: the evaluation beside the baseline needs their raw counts; "
@@ -98,7 +104,9 @@ def finetune(
     path, chosen = model_and_vocab(model, subfolder, cells if tokenized else None, vocab)
     cfg = FinetuneConfig(learning_rate=learning_rate, lr_scheduler=value(lr_scheduler), epochs=epochs,
                          batch_size=batch_size, freeze_layers=freeze_layers, max_length=max_length,
-                         class_weights=value(class_weights), seed=seed, device=device)
+                         class_weights=value(class_weights), seed=seed, device=device,
+                         precision=value(precision),
+                         lora=None if lora_rank is None else {"r": lora_rank, "alpha": 2 * lora_rank})
     columns = ([label_column] if cell_task else []) + ([group_column] if group_column else [])
     model_input = model_input_size(path)
     data = load_cells(cells, chosen, counts=counts, max_length=max_length or model_input, obs_columns=columns,

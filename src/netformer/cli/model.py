@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ._common import (Device, ModelArg, Overwrite, Pooling, Preset, PretrainSchedule, Subfolder, Tokenized,
-                      VocabDir, model_and_vocab, value)
+                      VocabDir, checked_precision, model_and_vocab, precision_option, value)
 
 EMBEDDING_FORMATS = (".parquet", ".csv", ".h5ad")
 
@@ -22,15 +22,17 @@ def pretrain(
     epochs: Annotated[float, typer.Option()] = 1.0,
     max_steps: Annotated[int, typer.Option(help="Optimisation steps (> 0 overrides --epochs).")] = -1,
     batch_size: Annotated[int, typer.Option(help="Cells per device and step.")] = 16,
-    learning_rate: Annotated[float, typer.Option()] = 1e-3,
+    learning_rate: Annotated[Optional[float], typer.Option(help="Default: the preset's (1e-3 for most).")] = None,
     warmup_steps: Annotated[int, typer.Option()] = 100,
-    weight_decay: Annotated[float, typer.Option()] = 0.001,
-    lr_scheduler: Annotated[PretrainSchedule, typer.Option(help="linear (V1) or cosine (V2).")] = "linear",
+    weight_decay: Annotated[Optional[float], typer.Option(help="Default: the preset's (0.001 for most).")] = None,
+    lr_scheduler: Annotated[Optional[PretrainSchedule], typer.Option(
+        help="linear (V1) or cosine (V2); default: the preset's.")] = None,
     save_steps: Annotated[int, typer.Option(help="Checkpoint interval (the resume granularity).")] = 200,
     logging_steps: Annotated[int, typer.Option()] = 10,
     seed: Annotated[int, typer.Option()] = 0,
     vocab: VocabDir = None,
     device: Device = None,
+    precision: precision_option("fp32", "Training keeps float32 master weights under bf16 autocast.") = "fp32",
     overwrite: Overwrite = False,
 ) -> None:
     """Masked gene pretraining; re-running with the same --out resumes from the last checkpoint.
@@ -45,6 +47,7 @@ def pretrain(
     from ..pretrain import pretrain as run_pretrain
     from ..tokenize import load_tokenized
 
+    checked_precision(precision, device)
     ds = load_tokenized(data)
     chosen = resolve_vocab(None, data, vocab)
     # An explicit device, so that the Trainer runs DDP (gloo) under torchrun on CPU-only machines too
@@ -52,7 +55,8 @@ def pretrain(
     cfg = PretrainConfig(preset=value(preset), max_length=max_length, epochs=epochs, max_steps=max_steps,
                          batch_size=batch_size, learning_rate=learning_rate, warmup_steps=warmup_steps,
                          weight_decay=weight_decay, lr_scheduler=value(lr_scheduler), save_steps=save_steps,
-                         logging_steps=logging_steps, seed=seed, device=device or default_device().type)
+                         logging_steps=logging_steps, seed=seed, device=device or default_device().type,
+                         precision=value(precision))
     res = run_pretrain(ds.select_columns(["input_ids", "length"]), chosen, output, cfg, overwrite)
     h = res.loss_history
     loss = f"loss {h[0]['loss']:.3f} -> {h[-1]['loss']:.3f}; " if h else ""
@@ -76,6 +80,7 @@ def embed(
     vocab: VocabDir = None,
     subfolder: Subfolder = None,
     device: Device = None,
+    precision: precision_option("auto", "Inference runs a bf16 copy of the model.") = "auto",
     overwrite: Overwrite = False,
 ) -> None:
     """Cell (or gene) embeddings of a tokenized dataset.
@@ -98,11 +103,13 @@ def embed(
     if genes and umap_by:
         raise ConfigError("--umap-by colours cells; it does not apply to --genes")
     check_output(output, overwrite)
+    checked_precision(precision, device)
     ds = load_tokenized(data)
     if umap_by and umap_by not in ds.column_names:
         raise InputDataError(f"--umap-by {umap_by}: the cells have no such column (columns: {ds.column_names})")
     path, chosen = model_and_vocab(model, subfolder, data, vocab)
-    cfg = EmbeddingConfig(layer=layer, pooling=value(pooling), batch_size=batch_size, device=device)
+    cfg = EmbeddingConfig(layer=layer, pooling=value(pooling), batch_size=batch_size, device=device,
+                          precision=value(precision))
     m = load_model(path, device=device)
     if genes:
         frame = embed_genes(m, ds, cfg, vocab=chosen)

@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ._common import (Device, ModelArg, Mode, Perturbation, Pooling, Subfolder, Tokenized, VocabDir, key_values,
+from ._common import (Device, ModelArg, checked_precision, precision_option, Mode, Perturbation, Pooling, Subfolder, Tokenized, VocabDir, key_values,
                       model_and_vocab, value)
 
 
@@ -43,6 +43,7 @@ def perturb(
     vocab: VocabDir = None,
     subfolder: Subfolder = None,
     device: Device = None,
+    precision: precision_option("auto", "A bf16 copy of the encoder runs every pass.") = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished output directory.")] = False,
 ) -> None:
     """Perturb cells in silico; write results.parquet, genes.csv/.parquet and PNG plots into --out.
@@ -56,6 +57,7 @@ def perturb(
     from ..perturb import perturb as run_perturb
     from ..tokenize import load_tokenized
 
+    checked_precision(precision, device)
     states = None
     if any(v is not None for v in (state_column, start, goal)):
         if not (state_column and start and goal):
@@ -69,7 +71,8 @@ def perturb(
                         fraction=fraction, mode=value(mode), top_k=top_k, screen_anchors=screen_anchors, layer=layer,
                         pooling=value(pooling),
                         batch_size=batch_size, cell_filter=cell_filter or None, max_cells=max_cells, seed=seed,
-                        chunk_cells=chunk_cells, gene_effects=gene_effects, device=device)
+                        chunk_cells=chunk_cells, gene_effects=gene_effects, device=device,
+                        precision=value(precision))
     ds = load_tokenized(data)
     path, chosen = model_and_vocab(model, subfolder, data, vocab)
     res = run_perturb(path, ds, cfg, states=states, vocab=chosen, out_dir=out, overwrite=overwrite)

@@ -44,6 +44,7 @@ from ..model import load_model
 from ..runs import MANIFEST, open_run, tokens_digest, write_json
 from .engine import ExactEvaluator, cosine
 from .ops import PERTURBATIONS, CellLayout, perturb_cell
+from ..precision import PRECISIONS, inference_model, resolve_precision
 from .screen import screen_cell
 from .select_cells import CellStates, resolve_genes, select_cells
 
@@ -98,6 +99,12 @@ class PerturbConfig:
     device
         Default: where a loaded model is, or CUDA when available for a model directory (one rule,
         :func:`netformer.encoder.model_device`; a loaded model is moved only when a device is given).
+    precision
+        ``"auto"`` (default: bf16 where the hardware multiplies it natively, else fp32;
+        :func:`netformer.precision.resolve_precision`), ``"fp32"`` or ``"bf16"``. bf16 runs a bfloat16
+        copy of the encoder for the states, the screen and the exact passes; the run records the
+        resolved precision (a run resumes only with the same one). Default chosen from measured
+        agreement with fp32 (docs/precision.md).
     species
         For symbol lookup in GENCODE (``human``/``mouse``).
     """
@@ -121,9 +128,12 @@ class PerturbConfig:
     chunk_cells: int = 16
     max_chunks: int | None = None
     device: str | None = None
+    precision: str = "auto"
     species: str = "human"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.perturbation not in PERTURBATIONS:
             raise ConfigError(f"unknown perturbation {self.perturbation!r}; choose one of {PERTURBATIONS}")
         if self.mode not in MODES:
@@ -206,16 +216,16 @@ def _label(tokens: Sequence[int], vocab: GeneVocab) -> str:
 
 def state_embeddings(model, dataset, states: CellStates, vocab: GeneVocab | None = None, max_cells: int = 1000,
                      seed: int = 0, layer: int = -2, pooling: str = "mean", max_length: int | None = None,
-                     device=None, batch_size: int = 32) -> dict[str, np.ndarray]:
+                     device=None, batch_size: int = 32, precision: str = "fp32") -> dict[str, np.ndarray]:
     """Position of each state (start, goal, alternatives): the mean cell embedding
-    (:func:`netformer.embed.embed_cells`) over at most ``max_cells`` cells of that state drawn with
-    ``seed``. Returns label -> (hidden,) float32."""
+    (:func:`netformer.embed.embed_cells`, at ``precision``) over at most ``max_cells`` cells of that
+    state drawn with ``seed``. Returns label -> (hidden,) float32."""
     from ..embed import EmbeddingConfig, embed_cells
 
     labels = states.validate(dataset)
     rng = np.random.default_rng(seed)
     ecfg = EmbeddingConfig(layer=layer, pooling=pooling, batch_size=batch_size, max_length=max_length,
-                           device=None if device is None else str(device))
+                           device=None if device is None else str(device), precision=precision)
     out = {}
     for s in states.labels:
         idx = np.flatnonzero(labels == s)
@@ -359,7 +369,8 @@ def perturb(
     n_kept_layers(base, cfg.layer)
     # the caller's config is left as given; this run's copy carries the effective input length
     cfg = replace(cfg, max_length=min(cfg.max_length or base.config.max_position_embeddings,
-                                      base.config.max_position_embeddings))
+                                      base.config.max_position_embeddings),
+                  precision=resolve_precision(cfg.precision, device))
     genes_tok = "all" if cfg.genes == "all" else resolve_genes(cfg.genes, vocab, cfg.species)
     anchor_tok = resolve_genes([cfg.anchor], vocab, cfg.species)[0] if cfg.anchor else None
     cells = select_cells(dataset, cfg.cell_filter, states, cfg.max_cells, cfg.seed)
@@ -370,6 +381,7 @@ def perturb(
     out, manifest = _open_run(final, _run_settings(cfg, cells, base, states, dataset), overwrite)
     if manifest.get("finished"):  # a replacement that completed just before a kill: it is the result
         return _finished(final)
+    base = inference_model(base, cfg.precision)  # after the run's fingerprint, which is of the given weights
     state_pos = _state_positions(base, dataset, states, vocab, cfg, device, out) if states is not None else {}
     goal_vecs = _goal_vectors(states, state_pos)
 
@@ -462,7 +474,7 @@ def _state_positions(base, dataset, states: CellStates, vocab: GeneVocab, cfg: P
         sdf = pd.read_parquet(spath)
         return {s: sdf[s].to_numpy(np.float32) for s in sdf.columns}
     state_pos = state_embeddings(base, dataset, states, vocab, cfg.max_state_cells, cfg.seed,
-                                 cfg.layer, cfg.pooling, cfg.max_length, device, cfg.batch_size)
+                                 cfg.layer, cfg.pooling, cfg.max_length, device, cfg.batch_size, cfg.precision)
     if spath is not None:
         with atomic_file(spath) as tmp:
             pd.DataFrame(state_pos).to_parquet(tmp)

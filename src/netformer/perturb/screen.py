@@ -76,7 +76,8 @@ def gated_forward(model, ids: Sequence[int], gate: torch.Tensor | None = None,
         (L, H) summed input embeddings (word + position + token type) before the embedding
         LayerNorm; computed from ``ids`` when None.
 
-    Returns ``(x, hidden)``: the input embeddings used and the (L, H) last hidden state.
+    Returns ``(x, hidden)``: the input embeddings used (in the model's dtype) and the (L, H) last
+    hidden state as float32.
     """
     base = base_model(model)
     emb = base.embeddings
@@ -86,10 +87,11 @@ def gated_forward(model, ids: Sequence[int], gate: torch.Tensor | None = None,
         pos = torch.arange(len(t), device=dev)
         x = emb.word_embeddings(t) + emb.position_embeddings(pos) + emb.token_type_embeddings(torch.zeros_like(t))
     h = emb.LayerNorm(x)
-    bias = torch.zeros(len(t), device=dev) if gate is None else torch.log(gate)
+    dt = h.dtype  # the model's (bf16 for a bf16 inference copy): gates enter in it, the state leaves as float32
+    bias = torch.zeros(len(t), device=dev, dtype=dt) if gate is None else torch.log(gate).to(dt)
     for layer in base.encoder.layer:
         h = _layer_forward(layer, h, bias)
-    return x, h
+    return x, h.float()
 
 
 def screen_cell(
@@ -171,7 +173,7 @@ def _shift_gradients(base, ids, gene_mask: torch.Tensor, goal: torch.Tensor):
         d_gate, d_x = torch.autograd.grad(f, (gate, x), allow_unused=True)
         if d_gate is None:  # no encoder layer kept (layer=0): no token sees another, the context term is zero
             d_gate = torch.zeros_like(gate)
-    return h.detach(), f.detach(), d_gate, d_x
+    return h.detach(), f.detach(), d_gate.float(), d_x.float()
 
 
 def _anchored_shift(base, ids, gene_mask: torch.Tensor, goal: torch.Tensor, positions: np.ndarray, f0: float,
