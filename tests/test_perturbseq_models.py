@@ -111,6 +111,10 @@ def test_interface_errors(norman):
         GEARSModel(batch_size=1)
     with pytest.raises(ConfigError):
         GEARSModel(hiddn=8)
+    with pytest.raises(ConfigError, match="select_metric"):
+        GEARSModel(select_metric="accuracy")
+    with pytest.raises(InputDataError, match="also training"):
+        GEARSModel(epochs=0).fit(norman, ["KLF1", "SGK1"], val_conditions=["SGK1"])
 
 
 TINY = dict(hidden=16, epochs=3, max_cells_per_condition=16, batch_size=32, seed=7, device="cpu")
@@ -150,3 +154,26 @@ def test_gears_deterministic_and_matches_reference(norman, seen2_split, gears_fi
     finally:
         net.eval()
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_gears_keeps_best_validation_epoch(norman, seen2_split):
+    """With validation conditions the parameters of the best-validation epoch are kept (as GEARS does):
+    exactly the model that training for that many epochs gives; the caller's random streams stay put."""
+    val = ["FOXO4", "PTPN12+ZBTB10", "SGK1+TBX3"]
+    train = [c for c in seen2_split.train if c not in val]
+    cfg = {**TINY, "epochs": 4}
+    torch_state, np_state = torch.random.get_rng_state(), np.random.get_state()
+    m = GEARSModel(**cfg).fit(norman, train, val_conditions=val)
+    assert torch.equal(torch.random.get_rng_state(), torch_state)
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), np_state))
+    assert len(m.val_history_) == 4 and len(m.val_seconds_) == 4
+    assert m.best_epoch_ == int(np.argmin(m.val_history_)) + 1
+    assert m.best_epoch_ < 4  # this seed's validation curve is not monotonic, so the test means something
+    kept = evaluate(m, norman, val).loc["mean", "mse_top20_de"]
+    assert kept == pytest.approx(min(m.val_history_), abs=1e-12)
+    short = GEARSModel(**{**cfg, "epochs": m.best_epoch_}).fit(norman, train)  # no validation: last epoch
+    assert short.best_epoch_ == m.best_epoch_ and short.val_history_ == []
+    np.testing.assert_array_equal(m.predict(SEEN2), short.predict(SEEN2))
+    last = GEARSModel(**{**cfg, "select_metric": None}).fit(norman, train, val_conditions=val)
+    assert last.best_epoch_ == 4 and last.history_ == m.history_  # same training, no selection
+    assert not np.array_equal(last.predict(SEEN2), m.predict(SEEN2))

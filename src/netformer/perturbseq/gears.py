@@ -69,6 +69,17 @@ class GEARSConfig:
     subsample of training cells used for correlations (20,000). max_cells_per_condition: cap on
     training cells per condition (None: all). seed: initialisation, shuffling and pairing.
     device: ``None`` -> CUDA if available, else CPU. progress: tqdm bar per epoch.
+
+    select_metric: best-epoch selection on the validation split, as GEARS does (``'mse_top20_de'``).
+    When :meth:`GEARSModel.fit` is given ``val_conditions``, the model is scored after every epoch
+    on them by this column of :func:`netformer.perturbseq.metrics.evaluate` (mean over the
+    validation conditions, NaNs skipped), and the parameters of the best epoch are kept - the
+    lowest value for ``'mse_top20_de'`` / ``'mse'``, the highest for ``'pearson_delta'``,
+    ``'pearson_delta_top20_de'``, ``'direction_acc_top20_de'``; the earliest epoch on ties.
+    Upstream GEARS keeps the epoch with the lowest validation top-20 DE MSE (``mse_de``, the same
+    quantity on its sampled-control predictions). ``None``, or no validation conditions: the last
+    epoch's parameters. Scoring does not touch any random stream, so the kept model is exactly the
+    one that training for ``best_epoch_`` epochs gives.
     """
 
     hidden: int = 64
@@ -89,6 +100,7 @@ class GEARSConfig:
     seed: int = 0
     device: str | None = None
     progress: bool = False
+    select_metric: str | None = "mse_top20_de"
 
     def __post_init__(self):
         checks = {
@@ -105,6 +117,16 @@ class GEARSConfig:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"GEARSConfig values out of range: {bad} (batch_size >= 2 for BatchNorm).")
+        if self.select_metric is not None and self.select_metric not in _SELECT_DIRECTION:
+            raise ConfigError(
+                f"select_metric must be one of {sorted(_SELECT_DIRECTION)} or None, not {self.select_metric!r}."
+            )
+
+
+# +1: higher is better, -1: lower is better (columns of metrics.evaluate)
+_SELECT_DIRECTION = {
+    "mse_top20_de": -1, "mse": -1, "pearson_delta": 1, "pearson_delta_top20_de": 1, "direction_acc_top20_de": 1,
+}
 
 
 def _mlp(sizes: Sequence[int], last_act: bool) -> nn.Sequential:
@@ -365,7 +387,10 @@ class GEARSModel(PerturbationModel):
         added as GO nodes at fit time. Genes unknown at predict time get a zero perturbation
         embedding (warned), i.e. the prediction of an unperturbed cell.
 
-    After ``fit``: ``history_`` (mean training loss per epoch), ``epoch_seconds_``, ``network_``.
+    After ``fit``: ``history_`` (mean training loss per epoch), ``epoch_seconds_`` (training pass of
+    each epoch), ``network_``, ``best_epoch_`` (1-based epoch whose parameters were kept; the last
+    without selection) and, with validation conditions, ``val_history_`` (the ``select_metric``
+    after each epoch) and ``val_seconds_`` (time of each validation scoring).
     ``embed`` returns the fused perturbation embedding (n, hidden) that GEARS adds to every gene.
 
     Raises
@@ -373,7 +398,8 @@ class GEARSModel(PerturbationModel):
     ConfigError
         Out-of-range configuration values.
     InputDataError
-        No training perturbation, or no control cells.
+        No training perturbation, or no control cells; validation conditions not in the data or
+        among the training perturbations.
     """
 
     name = "gears"
@@ -477,8 +503,29 @@ class GEARSModel(PerturbationModel):
         return out
 
     # ---- training ----------------------------------------------------------------------------
+    def fit(self, data: PerturbData, train_conditions: Sequence[str], *, val_conditions: Sequence[str] | None = None) -> "GEARSModel":
+        """Train on ``train_conditions`` (plus control); returns self.
+
+        ``val_conditions``: held-out perturbations (e.g. ``split.val``) scored after every epoch;
+        the parameters of the best epoch by ``config.select_metric`` are kept (see
+        :class:`GEARSConfig`). Without them the last epoch's parameters are kept.
+        """
+        if isinstance(val_conditions, str):
+            raise InputDataError("val_conditions must be a list of names, not a single string.")
+        self._val_request = list(val_conditions or [])
+        try:
+            return super().fit(data, train_conditions)
+        finally:
+            del self._val_request
+
     def _fit(self, data, train):
         from .._state import preserved_rng
+
+        val = [c for c in dict.fromkeys(data.check_conditions(self._val_request)) if c != CONTROL]
+        both = sorted(set(val) & set(train))
+        if both:
+            raise InputDataError(f"validation conditions {both[:8]} are also training perturbations.")
+        self.val_conditions_ = val
 
         with preserved_rng(self.config.seed):  # the caller's random streams are left alone
             return self._fit_seeded(data, train)
@@ -489,6 +536,13 @@ class GEARSModel(PerturbationModel):
         net = GEARSNetwork(data.n_genes, self.A_co_, self.A_go_, cfg).to(self.device)
         trainer = EpochTrainer(net, ts, self.control_, cfg, self.device)
         self.history_, self.epoch_seconds_ = [], []
+        self.network_, self.trainset_ = net, ts
+        metric = cfg.select_metric if self.val_conditions_ else None
+        self.val_history_, self.val_seconds_ = [], []
+        if metric:
+            data.de_indices(self.val_conditions_)  # DE genes (scanpy) once, before training
+        sign = _SELECT_DIRECTION.get(metric, 0)
+        best_score, best_epoch, best_state = None, cfg.epochs, None
         bar = None
         if cfg.progress:
             from tqdm.auto import tqdm
@@ -498,15 +552,35 @@ class GEARSModel(PerturbationModel):
             t0 = time.perf_counter()
             self.history_.append(trainer.epoch())
             self.epoch_seconds_.append(time.perf_counter() - t0)
-            log.info("GEARS epoch %d/%d loss %.5f (%.1fs)", epoch + 1, cfg.epochs, self.history_[-1], self.epoch_seconds_[-1])
+            note = ""
+            if metric:
+                t1 = time.perf_counter()
+                score = self._score(data, metric)  # eval mode, no grad, no random draws
+                self.val_seconds_.append(time.perf_counter() - t1)
+                self.val_history_.append(score)
+                if np.isfinite(score) and (best_score is None or sign * score > sign * best_score):
+                    best_score, best_epoch = score, epoch + 1
+                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                note = f" val {metric} {score:.5f}"
+            log.info("GEARS epoch %d/%d loss %.5f%s (%.1fs)", epoch + 1, cfg.epochs, self.history_[-1], note, self.epoch_seconds_[-1])
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{self.history_[-1]:.4g}")
         if bar is not None:
             bar.close()
+        if best_state is not None:
+            net.load_state_dict(best_state)
+            log.info("GEARS keeps epoch %d of %d (val %s %.5f)", best_epoch, cfg.epochs, metric, best_score)
+        elif metric and cfg.epochs:
+            log.warning("no finite validation %s in %d epochs: the last epoch is kept.", metric, cfg.epochs)
+        self.best_epoch_ = best_epoch
         net.eval()
-        self.network_ = net
-        self.trainset_ = ts
+
+    def _score(self, data: PerturbData, metric: str) -> float:
+        """Mean ``metric`` of the current network on the validation conditions."""
+        from .metrics import evaluate
+
+        return float(evaluate(self, data, self.val_conditions_).loc["mean", metric])
 
     # ---- inference ---------------------------------------------------------------------------
     @torch.no_grad()
