@@ -15,9 +15,17 @@ Differences from upstream (Theodoris et al. 2023, ``geneformer/tokenizer.py``), 
 - **Deterministic ties.** Upstream ranks with ``np.argsort(-x)``, an unstable sort, so genes with
   equal ``x_g`` come out in an arbitrary order. We break ties by ascending token id. Output equals
   upstream's wherever a cell has no ties, and is a fixed permutation within tied groups otherwise.
-- **Streaming.** The count matrix is read in row chunks straight from disk (h5ad/zarr/loom) and
-  normalised in sparse form, so peak memory does not grow with the number of cells. Ranking is one
-  vectorised ``lexsort`` per chunk instead of a Python loop of per-cell argsorts over a dense chunk.
+- **Streaming.** The count matrix is read in row chunks straight from disk (h5ad/zarr/loom), the next
+  chunk while the current one is encoded, and the output's Arrow shards are written as the chunks are
+  done, so peak memory does not grow with the number of cells.
+- **Ranking without a general sort** (compiled with numba, which scanpy already requires; a NumPy
+  path with one stable argsort per cell gives the same output where numba is missing). Genes are
+  numbered once by (median ascending, token id ascending): among the genes of a cell with the same
+  count, ``x_g`` descends along that order. Each cell's genes are read off a bitmap over that order,
+  split by count (1, 2, ..., 16, other), the count buckets merged by ``x_g``, and equal values put in
+  ascending token id: the same result as a sort by (``x_g`` descending, token id ascending), with
+  about two passes over the cell's genes instead of ``log2(genes)``. The cells of a chunk are split
+  over ``threads`` threads.
 - **Duplicate gene ids** (after mapping through the Ensembl mapping dictionary) are summed by a
   sparse aggregation matrix, as upstream's ``sum_ensembl_ids`` does with pandas groupby.
 - **Cells with no mapped gene** are skipped and counted in the summary (upstream emits empty
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -65,7 +74,8 @@ class TokenizerConfig:
     target_sum
         Normalisation total (10,000 as upstream).
     chunk_size
-        Cells read and encoded at a time; bounds peak memory.
+        Cells read and encoded at a time (default 4,096); bounds peak memory (two chunks are held: the one
+        encoded and the one read ahead).
     gene_id_column
         var column holding gene ids; ``None`` = var index; ``"auto"`` (default) = the var index
         if it looks like Ensembl ids, else the first of ``ensembl_id``, ``gene_ids``, ``gene_id``,
@@ -87,12 +97,18 @@ class TokenizerConfig:
         Raise on NaN, infinite, negative or non-integer counts (default True).
     layer
         Read the counts from ``layers[layer]`` (e.g. ``"counts"``) instead of ``X``.
+    threads
+        Threads that encode the cells of a chunk (and one more reads the next chunk). ``None``
+        (default): the CPUs this process may use, at most 4. The output does not depend on it.
+    engine
+        ``"auto"`` (default): the compiled ranking when numba imports, else NumPy; ``"numba"`` or
+        ``"numpy"`` to choose (same output).
     """
 
     model_input_size: int = 2048
     special_tokens: bool | None = None
     target_sum: float = 10_000.0
-    chunk_size: int = 1024
+    chunk_size: int = 4096
     gene_id_column: str | None = "auto"
     obs_columns: Sequence[str] | Mapping[str, str] = ()
     filter_column: str | None = "filter_pass"
@@ -100,6 +116,8 @@ class TokenizerConfig:
     check_counts: bool = True
     layer: str | None = None
     n_counts_fallback: str | None = None
+    threads: int | None = None
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         if self.model_input_size < 3:
@@ -108,6 +126,10 @@ class TokenizerConfig:
             raise ConfigError("chunk_size must be positive")
         if self.target_sum <= 0:
             raise ConfigError("target_sum must be positive")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError("threads must be positive (or None for the CPUs available)")
+        if self.engine not in ("auto", "numba", "numpy"):
+            raise ConfigError(f"engine must be 'auto', 'numba' or 'numpy', got {self.engine!r}")
         if self.n_counts_fallback not in (None, "row_sum"):
             raise ConfigError(f"n_counts_fallback must be None or 'row_sum', got {self.n_counts_fallback!r}")
 
@@ -205,6 +227,286 @@ def _wrap_special(ids: np.ndarray, offsets: np.ndarray, cls_id: int, eos_id: int
     inner[new_off[1:] - 1] = False
     out[inner] = ids
     return out, new_off
+
+
+# --------------------------------------------------------------------------------------------
+# The compiled ranking (numba): same output as rank_value_encode, without a general sort
+# --------------------------------------------------------------------------------------------
+_DEBRUIJN_MUL = np.uint64(0x03F79D71B4CB0A89)  # index of the lowest set bit of a 64-bit word
+_DEBRUIJN = np.zeros(64, np.int64)
+for _i in range(64):
+    _DEBRUIJN[((1 << _i) * 0x03F79D71B4CB0A89 % (1 << 64)) >> 58] = _i
+_N_BUCKETS = 16  # counts 2 .. 16 get a bucket each; higher and non-integer counts share bucket 0
+
+
+def _encode_cells(data, indices, indptr, given, use_total, rank_of_col, dup_by_rank, median_by_rank, token_by_rank,
+                  target_sum, max_genes, cls_id, eos_id):
+    """Rank value encoding of CSR rows (compiled by :func:`_compiled_kernel`; plain Python otherwise).
+
+    ``rank_of_col[j]``: rank of file column ``j``'s dictionary gene in (median ascending, token id
+    ascending), -1 if unmapped; ``dup_by_rank``: ranks that several file columns map to (summed);
+    ``median_by_rank`` / ``token_by_rank``: the gene medians and token ids in rank order. A row's
+    ``n_counts`` is ``given[r]``, or its total count where ``use_total[r]``. ``cls_id`` / ``eos_id``:
+    -1 for none. Returns ``(ids, offsets, total, mapped, n_genes)``: token ids of all rows (int32),
+    row offsets (rows without a dictionary gene are empty, without special tokens), each row's total
+    and mapped count, and its number of distinct dictionary genes before truncation.
+    """
+    n_rows = indptr.size - 1
+    n_used = token_by_rank.size
+    nbk = _N_BUCKETS
+    one = np.uint64(1)
+    has_dup = False
+    for g in range(n_used):
+        if dup_by_rank[g]:
+            has_dup = True
+            break
+    pos = np.full(n_used, -1, np.int64)
+    n_words = (n_used + 63) >> 6
+    bits1 = np.zeros(n_words, np.uint64)  # genes counted once
+    bits2 = np.zeros(n_words, np.uint64)  # genes counted more than once (or a non-integer count)
+    count_by_rank = np.zeros(n_used, np.float64)
+    extra = 2 if cls_id >= 0 else 0
+    max_nnz = 1
+    cap = 0
+    for r in range(n_rows):
+        k = indptr[r + 1] - indptr[r]
+        if k > max_nnz:
+            max_nnz = k
+        cap += min(k, max_genes) + extra
+    ent_g = np.empty(max_nnz, np.int64)
+    ent_c = np.empty(max_nnz, np.float64)
+    gx = np.empty(max_nnz, np.float64)
+    gt = np.empty(max_nnz, np.int32)
+    tx = np.empty(max_nnz, np.float64)
+    tt = np.empty(max_nnz, np.int32)
+    fx = np.empty(max_nnz, np.float64)
+    ft = np.empty(max_nnz, np.int32)
+    count = np.zeros(nbk + 1, np.int64)
+    runs = np.empty(max_nnz // 16 + nbk + 3, np.int64)
+    start = np.zeros(nbk + 2, np.int64)
+    out = np.empty(cap, np.int32)
+    offsets = np.zeros(n_rows + 1, np.int64)
+    total = np.zeros(n_rows, np.float64)
+    mapped = np.zeros(n_rows, np.float64)
+    n_genes = np.zeros(n_rows, np.int64)
+    o = 0
+    for r in range(n_rows):
+        # 1. counts of the dictionary's genes (duplicate ids summed), total and mapped counts
+        t = 0.0
+        mt = 0.0
+        m = 0
+        for k in range(indptr[r], indptr[r + 1]):
+            c = np.float64(data[k])
+            t += c
+            g = rank_of_col[indices[k]]
+            if g < 0 or c == 0:
+                continue
+            mt += c
+            if has_dup and dup_by_rank[g]:
+                p = pos[g]
+                if p >= 0:
+                    ent_c[p] += c
+                    continue
+                pos[g] = m
+            ent_g[m] = g
+            ent_c[m] = c
+            m += 1
+        total[r] = t
+        mapped[r] = mt
+        if has_dup:
+            for i in range(m):
+                pos[ent_g[i]] = -1
+        n = t if use_total[r] else given[r]
+        # 2. genes into two bitmaps over their rank (median ascending, then token ascending)
+        count[:] = 0
+        lo1 = n_words
+        hi1 = -1
+        lo2 = n_words
+        hi2 = -1
+        q = 0
+        for i in range(m):
+            c = ent_c[i]
+            if c == 0:  # duplicates summing to zero
+                continue
+            q += 1
+            g = ent_g[i]
+            w = g >> 6
+            bit = one << np.uint64(g & 63)
+            if c == 1.0:
+                bits1[w] |= bit
+                lo1 = min(lo1, w)
+                hi1 = max(hi1, w)
+            else:
+                bits2[w] |= bit
+                count_by_rank[g] = c
+                lo2 = min(lo2, w)
+                hi2 = max(hi2, w)
+                b = 0
+                if c <= nbk and c > 1 and c == np.floor(c):
+                    b = np.int64(c)
+                count[b] += 1
+        m = q
+        n_genes[r] = m
+        if m == 0:
+            offsets[r + 1] = o
+            continue
+        # 3. the other genes by count, each bucket in rank order (= descending x within a count)
+        start[0] = 0
+        for b in range(nbk + 1):
+            start[b + 1] = start[b] + count[b]
+            count[b] = start[b]
+        for w in range(lo2, hi2 + 1):
+            word = bits2[w]
+            bits2[w] = 0
+            while word != 0:
+                g = (w << 6) + _DEBRUIJN[((word & (~word + one)) * _DEBRUIJN_MUL) >> np.uint64(58)]
+                word &= word - one
+                c = count_by_rank[g]
+                b = 0
+                if c <= nbk and c > 1 and c == np.floor(c):
+                    b = np.int64(c)
+                p = count[b]
+                gx[p] = c / n * target_sum / median_by_rank[g]
+                gt[p] = token_by_rank[g]
+                count[b] = p + 1
+        # 4. the other genes sorted by descending x: bucket 0 (higher or non-integer counts) in insertion-sorted
+        # runs of 16, buckets 2 .. nbk as they are (each a sorted run), then runs merged pairwise
+        nr = 0
+        s0 = 0
+        e = start[1]
+        while s0 < e:
+            s1 = min(s0 + 16, e)
+            for a in range(s0 + 1, s1):
+                xe = gx[a]
+                te = gt[a]
+                z = a - 1
+                while z >= s0 and gx[z] < xe:
+                    gx[z + 1] = gx[z]
+                    gt[z + 1] = gt[z]
+                    z -= 1
+                gx[z + 1] = xe
+                gt[z + 1] = te
+            runs[nr] = s0
+            nr += 1
+            s0 = s1
+        for b in range(2, nbk + 1):
+            if start[b + 1] > start[b]:
+                runs[nr] = start[b]
+                nr += 1
+        na = start[nbk + 1]
+        runs[nr] = na
+        sx = gx
+        st = gt
+        dx = tx
+        dt = tt
+        while nr > 1:
+            nn = 0
+            for p in range(0, nr, 2):
+                s0 = runs[p]
+                if p + 1 >= nr:  # odd run out: copied
+                    for a in range(s0, runs[p + 1]):
+                        dx[a] = sx[a]
+                        dt[a] = st[a]
+                    runs[nn] = s0
+                    nn += 1
+                    continue
+                ia = s0
+                ea = runs[p + 1]
+                ib = ea
+                eb = runs[p + 2]
+                q = s0
+                while ia < ea and ib < eb:
+                    xa = sx[ia]
+                    xb = sx[ib]
+                    take = xa >= xb
+                    dx[q] = xa if take else xb
+                    dt[q] = st[ia] if take else st[ib]
+                    ia += take
+                    ib += 1 - take
+                    q += 1
+                while ia < ea:
+                    dx[q] = sx[ia]
+                    dt[q] = st[ia]
+                    ia += 1
+                    q += 1
+                while ib < eb:
+                    dx[q] = sx[ib]
+                    dt[q] = st[ib]
+                    ib += 1
+                    q += 1
+                runs[nn] = s0
+                nn += 1
+            runs[nn] = na
+            nr = nn
+            sx, dx = dx, sx
+            st, dt = dt, st
+        ax = sx
+        at = st
+        # 5. genes counted once, in rank order from their bitmap, merged with (ax, at) into (fx, ft)
+        a1 = 1.0 / n * target_sum  # the same operations as for any count
+        ia = 0
+        q = 0
+        for w in range(lo1, hi1 + 1):
+            word = bits1[w]
+            bits1[w] = 0
+            while word != 0:
+                g = (w << 6) + _DEBRUIJN[((word & (~word + one)) * _DEBRUIJN_MUL) >> np.uint64(58)]
+                word &= word - one
+                x = a1 / median_by_rank[g]
+                while ia < na and ax[ia] >= x:
+                    fx[q] = ax[ia]
+                    ft[q] = at[ia]
+                    ia += 1
+                    q += 1
+                fx[q] = x
+                ft[q] = token_by_rank[g]
+                q += 1
+        while ia < na:
+            fx[q] = ax[ia]
+            ft[q] = at[ia]
+            ia += 1
+            q += 1
+        # 6. equal values in ascending token id (also across the cut below), the first max_genes genes out
+        for a in range(1, m):
+            xe = fx[a]
+            if xe == fx[a - 1]:
+                te = ft[a]
+                z = a - 1
+                while z >= 0 and fx[z] == xe and ft[z] > te:
+                    ft[z + 1] = ft[z]
+                    z -= 1
+                ft[z + 1] = te
+        keep = m if m < max_genes else max_genes
+        if cls_id >= 0:
+            out[o] = cls_id
+            o += 1
+        out[o:o + keep] = ft[:keep]
+        o += keep
+        if eos_id >= 0:
+            out[o] = eos_id
+            o += 1
+        offsets[r + 1] = o
+    return out[:o], offsets, total, mapped, n_genes
+
+
+_KERNEL = None
+
+
+def _compiled_kernel():
+    """The jitted :func:`_encode_cells` (compiled once, cached on disk by numba), or None without numba."""
+    global _KERNEL
+    if _KERNEL is None:
+        try:
+            import numba
+        except ImportError:  # pragma: no cover - scanpy requires numba
+            _KERNEL = False
+            return None
+        opts = dict(nogil=True, error_model="numpy")  # one compiled version per count dtype, on first use
+        try:
+            _KERNEL = numba.njit(cache=True, **opts)(_encode_cells)
+        except Exception:  # no writable cache location: compile in memory
+            _KERNEL = numba.njit(**opts)(_encode_cells)
+    return _KERNEL or None
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,56 +641,58 @@ class TranscriptomeTokenizer:
             log.warning("%s has no obs[%r]; using each cell's total count over all genes in the file",
                         src.name, cfg.n_counts_column)
         given, bad = self._n_counts(obs, src.name, mask) if has_n_counts else (None, None)
+        if given is None:
+            given, bad = np.zeros(src.n_obs), np.ones(src.n_obs, dtype=bool)
+        given = np.where(bad, 0.0, given)
         keep_cols = dict(cfg.obs_columns) if isinstance(cfg.obs_columns, Mapping) else {c: c for c in cfg.obs_columns}
         missing = [c for c in keep_cols if c not in obs.columns]
         if missing:
             raise InputDataError(f"{src.name}: obs has no column(s) {missing}; columns are {list(obs.columns)}")
         summary.n_cells_in += src.n_obs
         cell_ids = obs.index.astype(str).to_numpy()
+        kept_obs = {out_col: obs[src_col].to_numpy() for src_col, out_col in keep_cols.items()}
+        kernel = _compiled_kernel() if cfg.engine != "numpy" else None
+        if cfg.engine == "numba" and kernel is None:
+            raise ConfigError("engine='numba' but numba cannot be imported; use engine='auto' or 'numpy'")
+        encode = (_KernelEncoder(kernel, agg, tokens, medians, self, _n_threads(cfg.threads)) if kernel is not None
+                  else _NumpyEncoder(agg, tokens, medians, self))
         lengths_total = 0
         mapped_frac_total = 0.0
-        for rows, block in tqdm(
-            src.chunks(cfg.chunk_size, mask), total=-(-src.n_obs // cfg.chunk_size),
-            desc=f"tokenizing {src.name}", unit="chunk", leave=False, disable=None,
-        ):
-            if cfg.check_counts:
-                self._check_counts(block, src.name, int(rows[0]))
-            total = block.sum(axis=1).A1.astype(np.float64)
-            n_counts = total
-            if given is not None:
+        reader = _read_ahead(src.chunks(cfg.chunk_size, mask))
+        try:
+            for rows, block in tqdm(
+                reader, total=-(-src.n_obs // cfg.chunk_size),
+                desc=f"tokenizing {src.name}", unit="chunk", leave=False, disable=None,
+            ):
+                if cfg.check_counts:
+                    self._check_counts(block, src.name, int(rows[0]))
+                ids, offsets, total, mapped, n_genes = encode(block, given[rows], bad[rows])
+                ok = n_genes > 0
+                summary.n_cells_no_genes += int((~ok).sum())
                 n_counts = np.where(bad[rows], total, given[rows])
-            genes = sp.csr_matrix(block @ agg)
-            genes.eliminate_zeros()
-            mapped_total = genes.sum(axis=1).A1.astype(np.float64)
-            ok = np.diff(genes.indptr) > 0
-            if (n_counts[ok] <= 0).any():
-                raise InputDataError(f"{src.name}: obs[{cfg.n_counts_column!r}] is zero or negative for cells with counts")
-            summary.n_cells_no_genes += int((~ok).sum())
-            if not ok.all():
-                genes, rows, n_counts = genes[ok], rows[ok], n_counts[ok]
-                total, mapped_total = total[ok], mapped_total[ok]
-            if genes.shape[0] == 0:
-                continue
-            # x_g = count / n_counts * target_sum / median  (same operation order as upstream)
-            row_of = np.repeat(np.arange(genes.shape[0]), np.diff(genes.indptr))
-            x = genes.data.astype(np.float64) / n_counts[row_of] * cfg.target_sum / medians[genes.indices]
-            normed = sp.csr_matrix((x, genes.indices, genes.indptr), shape=genes.shape)
-            ids, offsets = rank_value_encode(normed, tokens, self.max_genes)
-            summary.n_truncated += int((np.diff(genes.indptr) > self.max_genes).sum())
-            if self.special_tokens:
-                ids, offsets = _wrap_special(ids, offsets, self.vocab.cls_id, self.vocab.eos_id)
-            lengths = np.diff(offsets).astype(np.int32)
-            lengths_total += int(lengths.sum())
-            mapped_frac_total += float((mapped_total / np.maximum(total, 1e-12)).sum())
-            columns = {
-                "input_ids": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids)),
-                "length": pa.array(lengths),
-                "cell_id": pa.array(cell_ids[rows]),
-            }
-            for src_col, out_col in keep_cols.items():
-                columns[out_col] = _arrow_column(obs[src_col].to_numpy()[rows])
-            summary.n_cells_out += len(rows)
-            yield pa.table(columns)
+                if (n_counts[ok] <= 0).any():
+                    raise InputDataError(f"{src.name}: obs[{cfg.n_counts_column!r}] is zero or negative for cells with counts")
+                if not ok.all():
+                    offsets = np.append(offsets[:-1][ok], offsets[-1])
+                    rows, total, mapped, n_genes = rows[ok], total[ok], mapped[ok], n_genes[ok]
+                if rows.size == 0:
+                    continue
+                summary.n_truncated += int((n_genes > self.max_genes).sum())
+                lengths = np.diff(offsets).astype(np.int32)
+                lengths_total += int(lengths.sum())
+                mapped_frac_total += float((mapped / np.maximum(total, 1e-12)).sum())
+                columns = {
+                    "input_ids": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids)),
+                    "length": pa.array(lengths),
+                    "cell_id": pa.array(cell_ids[rows]),
+                }
+                for out_col, values in kept_obs.items():
+                    columns[out_col] = _arrow_column(values[rows])
+                summary.n_cells_out += len(rows)
+                yield pa.table(columns)
+        finally:
+            reader.close()  # the read-ahead thread stops before the file is closed
+            encode.close()
         n = max(summary.n_cells_out, 1)
         summary.mean_length = lengths_total / n
         summary.mapped_count_fraction = mapped_frac_total / n
@@ -498,6 +802,154 @@ class TranscriptomeTokenizer:
         log.info("tokenized %d cells (mean length %.0f) into %s", self.summary.n_cells_out,
                  self.summary.mean_length, out_dir)
         return self.summary
+
+
+def _n_threads(threads: int | None) -> int:
+    if threads is not None:
+        return int(threads)
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+class _NumpyEncoder:
+    """One chunk -> ``(ids, offsets, total, mapped, n_genes)`` with sparse NumPy/SciPy operations."""
+
+    def __init__(self, agg, tokens, medians, tok: "TranscriptomeTokenizer") -> None:
+        self.agg, self.tokens, self.medians, self.tok = agg, tokens, medians, tok
+
+    def __call__(self, block: sp.csr_matrix, given: np.ndarray, use_total: np.ndarray):
+        tok = self.tok
+        total = np.asarray(block.sum(axis=1)).ravel().astype(np.float64)
+        n_counts = np.where(use_total, total, given)
+        genes = sp.csr_matrix(block @ self.agg)
+        genes.eliminate_zeros()
+        mapped = np.asarray(genes.sum(axis=1)).ravel().astype(np.float64)
+        n_genes = np.diff(genes.indptr).astype(np.int64)
+        ok = n_genes > 0
+        sub = genes[ok] if not ok.all() else genes
+        # x_g = count / n_counts * target_sum / median  (same operation order as upstream)
+        row_of = np.repeat(np.arange(sub.shape[0]), np.diff(sub.indptr))
+        x = sub.data.astype(np.float64) / n_counts[ok][row_of] * tok.config.target_sum / self.medians[sub.indices]
+        ids, off = rank_value_encode(sp.csr_matrix((x, sub.indices, sub.indptr), shape=sub.shape),
+                                     self.tokens, tok.max_genes)
+        if tok.special_tokens:
+            ids, off = _wrap_special(ids, off, tok.vocab.cls_id, tok.vocab.eos_id)
+        lengths = np.zeros(n_genes.size, dtype=np.int64)
+        lengths[ok] = np.diff(off)
+        offsets = np.zeros(n_genes.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return ids, offsets, total, mapped, n_genes
+
+    def close(self) -> None:
+        pass
+
+
+class _KernelEncoder:
+    """One chunk -> ``(ids, offsets, total, mapped, n_genes)`` with the compiled kernel, the chunk's rows
+    split over ``threads`` threads (the kernel releases the GIL)."""
+
+    def __init__(self, kernel, agg, tokens, medians, tok: "TranscriptomeTokenizer", threads: int) -> None:
+        agg = sp.csr_matrix(agg)
+        col = np.full(agg.shape[0], -1, dtype=np.int64)
+        has = np.diff(agg.indptr) > 0
+        col[has] = agg.indices[agg.indptr[:-1][has]]
+        order = np.lexsort((tokens, medians))  # rank: median ascending, then token id ascending
+        rank = np.empty(order.size, dtype=np.int64)
+        rank[order] = np.arange(order.size)
+        self.rank_of_col = np.where(col >= 0, rank[np.maximum(col, 0)], -1).astype(np.int32)
+        self.dup_by_rank = (np.bincount(col[col >= 0], minlength=order.size) > 1)[order]
+        self.median_by_rank = np.ascontiguousarray(medians[order], dtype=np.float64)
+        self.token_by_rank = np.ascontiguousarray(tokens[order], dtype=np.int32)
+        self.kernel, self.tok, self.threads = kernel, tok, threads
+        self.cls = tok.vocab.cls_id if tok.special_tokens else -1
+        self.eos = tok.vocab.eos_id if tok.special_tokens else -1
+        self.pool = None
+        if threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(threads, thread_name_prefix="netformer-tokenize")
+
+    def _run(self, data, indices, indptr, given, use_total):
+        return self.kernel(data, indices, indptr, given, use_total, self.rank_of_col, self.dup_by_rank,
+                           self.median_by_rank, self.token_by_rank, float(self.tok.config.target_sum),
+                           int(self.tok.max_genes), int(self.cls), int(self.eos))
+
+    def __call__(self, block: sp.csr_matrix, given: np.ndarray, use_total: np.ndarray):
+        data = block.data  # int32 / int64 / float32 / float64 as stored (one compiled version each)
+        if data.dtype not in (np.int32, np.int64, np.float32, np.float64) or not data.flags.c_contiguous:
+            data = np.ascontiguousarray(data, dtype=np.float64)
+        indices = np.ascontiguousarray(block.indices, dtype=np.int32)
+        indptr = np.ascontiguousarray(block.indptr, dtype=np.int64)
+        given = np.ascontiguousarray(given, dtype=np.float64)
+        use_total = np.ascontiguousarray(use_total, dtype=bool)
+        n = indptr.size - 1
+        parts = min(self.threads, max(1, n // 256))
+        if parts == 1 or self.pool is None:
+            return self._run(data, indices, indptr, given, use_total)
+        # rows split where the non-zeros split evenly
+        cuts = np.searchsorted(indptr, np.linspace(0, indptr[-1], parts + 1)[1:-1])
+        bounds = [0, *sorted(set(int(c) for c in cuts if 0 < c < n)), n]
+        jobs = [self.pool.submit(self._run, data, indices, indptr[a:b + 1], given[a:b], use_total[a:b])
+                for a, b in zip(bounds[:-1], bounds[1:])]
+        res = [j.result() for j in jobs]
+        ids = np.concatenate([r[0] for r in res])
+        shift = np.cumsum([0] + [r[1][-1] for r in res[:-1]])
+        offsets = np.concatenate([[0]] + [r[1][1:] + s for r, s in zip(res, shift)])
+        return (ids, offsets, *(np.concatenate([r[k] for r in res]) for k in (2, 3, 4)))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+
+def _read_ahead(chunks: Iterator, depth: int = 1) -> Iterator:
+    """Iterate ``chunks`` with the next item read in a background thread (reading overlaps encoding).
+
+    Errors of the reader are raised in the consumer; closing the generator stops the reader before
+    the caller closes the file."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in chunks:
+                while not stop.is_set():
+                    try:
+                        q.put((None, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((None, done))
+        except BaseException as exc:  # handed to the consumer
+            q.put((exc, None))
+
+    thread = threading.Thread(target=work, name="netformer-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            exc, item = q.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
 
 
 _TRUE = {"1", "1.0", "true", "t", "yes", "y", "pass", "passed"}
