@@ -52,7 +52,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import tempfile
@@ -155,15 +154,6 @@ class Inputs:
         print(f"wrote {out}: run `python benchmarks/embed_speed.py --inputs {out} ...` where it is")
 
 
-def config_kwargs(cls, precision: str) -> dict:
-    """``precision=`` for a config dataclass that has the field; only fp32 otherwise."""
-    if "precision" in {f.name for f in dataclasses.fields(cls)}:
-        return {"precision": precision}
-    if precision != "fp32":
-        raise SystemExit(f"--precision {precision}: this netformer has no precision setting (fp32 only)")
-    return {}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=None, help="comma-separated subset of v1, v2 (default: v1; v1,v2 with --upstream)")
@@ -219,12 +209,8 @@ def main() -> None:
         peer = up.UpstreamPeer(args.upstream, args.upstream_python, args.threads, str(device))
     ub = args.upstream_batch or args.batch_size
     ecfg = EmbeddingConfig(layer=args.layer, batch_size=args.batch_size, device=str(device),
-                           **config_kwargs(EmbeddingConfig, args.precision))
-    resolved = args.precision
-    if args.precision == "auto":
-        from netformer.precision import resolve_precision
-
-        resolved = resolve_precision("auto", device)
+                           **up.config_kwargs(EmbeddingConfig, args.precision))
+    resolved = up.resolved_precision(args.precision, device)
     tmp = tempfile.TemporaryDirectory(prefix="embed_speed_") if not args.workdir else None
     work = Path(args.workdir or tmp.name)
     machine0 = up.machine_rates(str(device), args.matmul_n)

@@ -196,7 +196,7 @@ def encoder_gflop(config, length: float, layers: int, mlm_head: bool) -> float:
 
 
 def bound_line(what: str, ratio: float, goal: float, ours_gflop: float, ours_s: float, peer_gflop: float,
-               peer_s: float, rate: float, precision: str) -> str:
+               peer_s: float, rate: float, precision: str, peer: str = "upstream") -> str:
     """One line: goal met, or what bounds it (work of both sides against the measured matmul rate in
     the precision ours used)."""
     if ratio >= goal:
@@ -205,7 +205,7 @@ def bound_line(what: str, ratio: float, goal: float, ours_gflop: float, ours_s: 
     ceiling = peer_s / floor_s
     return (f"{what}: {ratio:.2f}x < {goal:g}x: goal missed. Per item ours does {ours_gflop:.2f} GFLOP in "
             f"{ours_s * 1e3:.1f} ms ({ours_gflop / ours_s:.1f} GFLOP/s, {100 * ours_gflop / ours_s / rate:.0f}% of the "
-            f"{precision} matmul rate {rate:.1f} GFLOP/s); upstream does {peer_gflop:.2f} GFLOP in {peer_s * 1e3:.1f} ms "
+            f"{precision} matmul rate {rate:.1f} GFLOP/s); {peer} does {peer_gflop:.2f} GFLOP in {peer_s * 1e3:.1f} ms "
             f"({peer_gflop / peer_s:.1f} GFLOP/s). Work ratio {peer_gflop / ours_gflop:.2f}x; even at the full {precision} "
             f"matmul rate ours would take {floor_s * 1e3:.1f} ms: ceiling {ceiling:.2f}x"
             + (" (below the goal: the FLOPs bound it)" if ceiling < goal else
