@@ -163,7 +163,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8, help="ours and the reference")
     p.add_argument("--upstream-batch", type=int, default=None, help="upstream's forward_batch_size (default: --batch-size)")
     p.add_argument("--layer", type=int, default=-2, help="hidden-state index; -2 = upstream emb_layer=-1, -1 = emb_layer=0")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"), help="ours (upstream runs fp32)")
+    p.add_argument("--precision", default="fp32",
+                   help="ours: fp32, bf16 or auto; several comma-separated (fp32,bf16) are measured in the same run "
+                        "against the same peers (upstream runs fp32)")
     p.add_argument("--reference", dest="reference", action="store_true", default=None,
                    help="also time the self-written reference (default: only when --upstream is not given)")
     p.add_argument("--no-reference", dest="reference", action="store_false")
@@ -208,9 +210,12 @@ def main() -> None:
             p.error("upstream's EmbExtractor takes emb_layer -1 or 0: use --layer -2 or -1")
         peer = up.UpstreamPeer(args.upstream, args.upstream_python, args.threads, str(device))
     ub = args.upstream_batch or args.batch_size
-    ecfg = EmbeddingConfig(layer=args.layer, batch_size=args.batch_size, device=str(device),
-                           **up.config_kwargs(EmbeddingConfig, args.precision))
-    resolved = up.resolved_precision(args.precision, device)
+    precisions = [x.strip() for x in args.precision.split(",") if x.strip()]
+    if not precisions or set(precisions) - {"fp32", "bf16", "auto"}:
+        p.error(f"--precision takes fp32, bf16, auto or a comma-separated list of them, got {args.precision!r}")
+    precisions = list(dict.fromkeys(up.resolved_precision(x, device) for x in precisions))
+    ecfgs = {pr: EmbeddingConfig(layer=args.layer, batch_size=args.batch_size, device=str(device),
+                                 **up.config_kwargs(EmbeddingConfig, pr)) for pr in precisions}
     tmp = tempfile.TemporaryDirectory(prefix="embed_speed_") if not args.workdir else None
     work = Path(args.workdir or tmp.name)
     machine0 = up.machine_rates(str(device), args.matmul_n)
@@ -218,7 +223,7 @@ def main() -> None:
     if peer:
         print(peer.describe(), flush=True)
 
-    rows = []  # (model, input, n, mean len, peer, ours_s, peer_s, diff, ours_flops, peer_flops)
+    rows = []  # (model, input, n, mean len, peer, precision, ours_s, peer_s, diff, min cos, ours_flops, peer_flops)
     for name in models:
         preset, _, size = MODELS[name]
         vocab = inputs.vocab(name)
@@ -236,11 +241,12 @@ def main() -> None:
             sets.append(("synthetic full 2,048", [rng.choice(genes, 2048, replace=False).tolist()
                                                   for _ in range(args.n_full)]))
 
-        def ours(seqs):
+        def ours(seqs, prec):
             base = load_model(model_dir, kind="base", device=device)
-            return embed_cells(base, seqs, ecfg, vocab=vocab)
+            return embed_cells(base, seqs, ecfgs[prec], vocab=vocab)
 
-        ours(pbmc[:2])  # warm-up
+        for pr in precisions:
+            ours(pbmc[:2], pr)  # warm-up
         ref_model = None
         if reference:
             ref_model = BertModel.from_pretrained(str(model_dir), attn_implementation="eager",
@@ -249,9 +255,12 @@ def main() -> None:
         for label, seqs in sets:
             lengths = [len(s) for s in seqs]
             mean_len = float(np.mean(lengths))
-            e_ours, t_ours = timed(lambda: ours(seqs))
+            runs = {}
+            for pr in precisions:
+                runs[pr] = timed(lambda: ours(seqs, pr))
+                print(f"{name} / {label}: ours ({pr}) {runs[pr][1]:.1f} s ({len(seqs) / runs[pr][1]:.2f} cells/s)", flush=True)
             ours_flops = model_flops(lengths, keep, config)
-            print(f"{name} / {label}: ours {t_ours:.1f} s ({len(seqs) / t_ours:.2f} cells/s)", flush=True)
+            peers = []  # (name, seconds, embeddings, flops)
             if peer and label.startswith("pbmc3k"):
                 d = work / f"{name}_upstream"
                 up.save_dataset({"input_ids": seqs, "length": lengths, "cell_index": list(range(len(seqs)))},
@@ -262,51 +271,55 @@ def main() -> None:
                                 "warmup_data": str(d / "warmup.dataset"), "batch_size": ub,
                                 "emb_layer": -1 if args.layer == -2 else 0,
                                 "model_version": "V1" if name == "v1" else "V2"}, d / "run")
-                e_up = np.load(res["embeddings"])
-                diff = float(np.abs(e_ours - e_up).max())
-                rows.append((name, label, len(seqs), mean_len, f"upstream EmbExtractor (batch {ub})", t_ours,
-                             res["call_s"], diff, ours_flops, model_flops(lengths, n_layers, config, mlm_head=True)))
+                peers.append((f"upstream EmbExtractor (batch {ub})", res["call_s"], np.load(res["embeddings"]),
+                              model_flops(lengths, n_layers, config, mlm_head=True)))
                 print(f"{name} / {label}: upstream extract_embs {res['call_s']:.1f} s (process {res['process_s']:.1f} s, "
                       f"import {res['import_s']:.1f} s; transformers {res['transformers']}, upstream device "
-                      f"{res['upstream_device']}), max |diff| {diff:.2e}", flush=True)
+                      f"{res['upstream_device']})", flush=True)
             if ref_model is not None:
                 e_ref, t_ref = timed(lambda: reference_embed(ref_model, seqs, args.layer, args.batch_size, vocab.pad_id,
                                                              vocab.special_ids, device))
-                diff = float(np.abs(e_ours - e_ref).max())
-                rows.append((name, label, len(seqs), mean_len, f"reference eager (batch {args.batch_size})", t_ours,
-                             t_ref, diff, ours_flops, model_flops(lengths, n_layers, config)))
-                print(f"{name} / {label}: reference {t_ref:.1f} s, max |diff| {diff:.2e}", flush=True)
+                peers.append((f"reference eager (batch {args.batch_size})", t_ref, e_ref,
+                              model_flops(lengths, n_layers, config)))
+                print(f"{name} / {label}: reference {t_ref:.1f} s", flush=True)
                 if args.sorted_reference:
                     _, t_sorted = timed(lambda: reference_embed(ref_model, seqs, args.layer, args.batch_size,
                                                                 vocab.pad_id, vocab.special_ids, device, sort=True))
-                    rows.append((name, label, len(seqs), mean_len, "reference eager, length-sorted batches", t_ours,
-                                 t_sorted, diff, ours_flops, model_flops(lengths, n_layers, config)))
+                    peers.append(("reference eager, length-sorted batches", t_sorted, e_ref,
+                                  model_flops(lengths, n_layers, config)))
                     print(f"{name} / {label}: reference sorted {t_sorted:.1f} s", flush=True)
+            for peer_name, t_peer, e_peer, pf in peers:
+                for pr, (e_ours, t_ours) in runs.items():
+                    diff = float(np.abs(e_ours - e_peer).max())
+                    cos = float((np.sum(e_ours * e_peer, 1) / np.linalg.norm(e_ours, axis=1)
+                                 / np.linalg.norm(e_peer, axis=1)).min())
+                    rows.append((name, label, len(seqs), mean_len, peer_name, pr, t_ours, t_peer, diff, cos,
+                                 ours_flops, pf))
         del ref_model
     machine1 = up.machine_rates(str(device), args.matmul_n)
-    rate_key = "bf16_gflops" if resolved == "bf16" else "fp32_gflops"
-    rate = max(machine0[rate_key], machine1[rate_key])
+    best = {k: max(machine0[k], machine1[k]) for k in ("fp32_gflops", "bf16_gflops")}
     print()
     print(f"after the run: float32 {machine1['fp32_gflops']:.1f} GFLOP/s, bfloat16 {machine1['bf16_gflops']:.1f} GFLOP/s; "
-          f"ours in {resolved}, rates below against the best {resolved} matmul rate {rate:.1f} GFLOP/s "
-          f"(upstream and the reference run float32: against {max(machine0['fp32_gflops'], machine1['fp32_gflops']):.1f}); "
-          f"every side embeds hidden state {args.layer}")
+          f"fractions below against the best matmul rate of the precision each side used (float32 "
+          f"{best['fp32_gflops']:.1f}, bfloat16 {best['bf16_gflops']:.1f} GFLOP/s; upstream and the reference run "
+          f"float32); every side embeds hidden state {args.layer}")
     print()
-    fp32_rate = max(machine0["fp32_gflops"], machine1["fp32_gflops"])
-    print("| model | input | cells | mean length | peer | ours cells/s | peer cells/s | ours / peer | "
-          "ours % of matmul rate | peer % of fp32 matmul rate | max abs diff |")
-    print("|" + "---|" * 11)
-    for name, label, n, mean_len, peer_name, t_ours, t_peer, diff, of, pf in rows:
-        print(f"| {MODELS[name][0]} | {label} | {n} | {mean_len:.0f} | {peer_name} | {n / t_ours:.2f} | {n / t_peer:.2f} | "
-              f"{t_peer / t_ours:.2f}x | {100 * of / 1e9 / t_ours / rate:.0f}% | {100 * pf / 1e9 / t_peer / fp32_rate:.0f}% | "
-              f"{diff:.1e} |")
+    print("| model | input | cells | mean length | peer | ours precision | ours cells/s | peer cells/s | ours / peer | "
+          "ours % of matmul rate | peer % of fp32 matmul rate | max abs diff | min cosine |")
+    print("|" + "---|" * 13)
+    for name, label, n, mean_len, peer_name, pr, t_ours, t_peer, diff, cos, of, pf in rows:
+        rate = best["bf16_gflops" if pr == "bf16" else "fp32_gflops"]
+        print(f"| {MODELS[name][0]} | {label} | {n} | {mean_len:.0f} | {peer_name} | {pr} | {n / t_ours:.2f} | "
+              f"{n / t_peer:.2f} | {t_peer / t_ours:.2f}x | {100 * of / 1e9 / t_ours / rate:.0f}% | "
+              f"{100 * pf / 1e9 / t_peer / best['fp32_gflops']:.0f}% | {diff:.1e} | {cos:.7f} |")
     ups = [r for r in rows if r[4].startswith("upstream")]
     if ups:
         print()
-        print(f"goal: embedding >= {EMBED_GOAL:g}x upstream ({args.threads} thread(s), {resolved}):")
-        for name, label, n, _, _, t_ours, t_peer, _, of, pf in ups:
-            print(up.bound_line(f"{MODELS[name][0]} / {label}", t_peer / t_ours, EMBED_GOAL, of / 1e9 / n, t_ours / n,
-                                pf / 1e9 / n, t_peer / n, rate, resolved))
+        print(f"goal: embedding >= {EMBED_GOAL:g}x upstream ({args.threads} thread(s)):")
+        for name, label, n, _, _, pr, t_ours, t_peer, _, _, of, pf in ups:
+            rate = best["bf16_gflops" if pr == "bf16" else "fp32_gflops"]
+            print(up.bound_line(f"{MODELS[name][0]} / {label} ({pr})", t_peer / t_ours, EMBED_GOAL, of / 1e9 / n,
+                                t_ours / n, pf / 1e9 / n, t_peer / n, rate, pr))
     if tmp is not None:
         tmp.cleanup()
 

@@ -12,8 +12,9 @@
 # (the checkout patched as docs/benchmarks.md says; netformer's own side then also needs datasets,
 # to write the cells upstream reads). Without it, the peers are the self-written references.
 #
-# Output: $OUT (else ./gpu_results): env.txt, embed_fp32.txt, embed_bf16.txt, perturb_cases.txt,
-# perturb_peer_fp32.txt, perturb_peer_bf16.txt; each step also prints to stdout. A step that fails or
+# Output: $OUT (else ./gpu_results): env.txt, embed.txt (v1-10m and v2-104m, fp32 and bf16),
+# perturb_cases.txt (tiny, trained, v1 vs the batch-1 reference), perturb_peer.txt (all genes of the
+# 1,101-token pbmc3k cell and of a Kang cell, exact and screen, fp32 and bf16); each step also prints to stdout. A step that fails or
 # runs out of the time left is reported and the next one runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,14 +59,10 @@ step() {
     [ "$rc" -eq 0 ] || echo "== $name: exit $rc" | tee -a "$RES/$name.txt"
 }
 
-step embed_fp32 90 $PY benchmarks/embed_speed.py --inputs "$INPUTS" --device "$DEV" --models v1,v2 --n-pbmc 200 \
-    --n-full 32 --batch-size 32 --reference --precision fp32 "${UP[@]}"
-step embed_bf16 60 $PY benchmarks/embed_speed.py --inputs "$INPUTS" --device "$DEV" --models v1,v2 --n-pbmc 200 \
-    --n-full 32 --batch-size 32 --reference --no-sorted-reference --precision bf16 "${UP[@]}"
+step embed 150 $PY benchmarks/embed_speed.py --inputs "$INPUTS" --device "$DEV" --models v1,v2 --n-pbmc 200 \
+    --n-full 32 --batch-size 32 --reference --precision fp32,bf16 "${UP[@]}"
 step perturb_cases 90 $PY benchmarks/perturb_speed.py --inputs "$INPUTS" --device "$DEV" --cases tiny,trained,v1 \
     --v1-batch 32 --n-ref 32 --threads 8
-step perturb_peer_fp32 120 $PY benchmarks/perturb_speed.py --inputs "$INPUTS" --device "$DEV" --cases v1-cell,v2-kang \
-    --peer-batch 64 --n-ref 128 --threads 8 --v2-cls --precision fp32 "${UP[@]}"
-step perturb_peer_bf16 90 $PY benchmarks/perturb_speed.py --inputs "$INPUTS" --device "$DEV" --cases v1-cell,v2-kang \
-    --peer-batch 64 --n-ref 128 --threads 8 --precision bf16 "${UP[@]}"
+step perturb_peer 210 $PY benchmarks/perturb_speed.py --inputs "$INPUTS" --device "$DEV" --cases v1-cell,v2-kang \
+    --peer-batch 64 --n-ref 128 --threads 8 --v2-cls --precision fp32,bf16 "${UP[@]}"
 echo "done in ${SECONDS}s; tables in $RES"

@@ -379,7 +379,8 @@ def _dataset(cell: list[int]):
     return datasets.Dataset.from_dict({"input_ids": [cell], "length": [len(cell)], "cell_id": ["cell"]})
 
 
-def ours_perturb(model_dir: Path, cell: list[int], vocab: GeneVocab, mode: str, args, pooling: str = "mean") -> dict:
+def ours_perturb(model_dir: Path, cell: list[int], vocab: GeneVocab, mode: str, args, pooling: str = "mean",
+                 precision: str = "fp32") -> dict:
     """Ours on one cell, all genes deleted: ``netformer.perturb.perturb(model_dir, dataset,
     PerturbConfig(mode=...))`` (model loaded from disk inside the call, as upstream's), per-gene
     effects on (``gene_effects=True``: upstream's mean cosine of the other genes). Where ``datasets`` is
@@ -390,7 +391,7 @@ def ours_perturb(model_dir: Path, cell: list[int], vocab: GeneVocab, mode: str, 
 
     cfg = PerturbConfig(mode=mode, genes="all", gene_effects=pooling == "mean", layer=-2, pooling=pooling,
                         batch_size=args.peer_batch, top_k=args.top_k, screen_anchors=args.screen_anchors,
-                        device=args.device, **up.config_kwargs(PerturbConfig, args.precision))
+                        device=args.device, **up.config_kwargs(PerturbConfig, precision))
     ds = _dataset(cell)
     tok = {g: int(t) for g, t in vocab.token_dict.items()}
     t0 = time.perf_counter()
@@ -409,9 +410,11 @@ def ours_perturb(model_dir: Path, cell: list[int], vocab: GeneVocab, mode: str, 
     # engine path: what perturb() runs per cell, without the dataset plumbing
     from netformer.perturb.engine import cosine
 
-    if getattr(args, "precision", "fp32") != "fp32":
-        raise SystemExit("without the datasets package only --precision fp32 runs (the engine path)")
     base = load_model(model_dir, kind="base", device=args.device)
+    if precision != "fp32":
+        from netformer.precision import inference_model, resolve_precision
+
+        base = inference_model(base, resolve_precision(precision, args.device))
     special = vocab.special_ids
     lay_genes = [t for t in cell if t not in set(special)]
     with ExactEvaluator(base, special, -2, pooling, args.peer_batch, args.device) as ev:
@@ -433,7 +436,7 @@ def ours_perturb(model_dir: Path, cell: list[int], vocab: GeneVocab, mode: str, 
     return out
 
 
-def case_peer(case: str, inputs: Inputs, args, peer, work: Path) -> dict:
+def case_peer(case: str, inputs: Inputs, args, peer, work: Path) -> list[dict]:
     """One peer case (``v1-cell`` or ``v2-kang``); see :func:`ours_perturb` and the module docstring."""
     from netformer.model import save_model
 
@@ -451,15 +454,19 @@ def case_peer(case: str, inputs: Inputs, args, peer, work: Path) -> dict:
     # the warm-up cell: the first 24 genes (wrapped like the cell)
     lead, tail = ([cell[0]], [cell[-1]]) if vocab.has_cls_eos else ([], [])
     warm = lead + genes[:24] + tail
-    row = {"case": f"{preset} / {origin.split(' (')[0]}", "cell_length": len(cell), "n_genes": len(genes)}
-    for mode in ("exact", "screen"):
-        ours_perturb(model_dir, warm, vocab, mode, args)
-        row[mode] = ours_perturb(model_dir, cell, vocab, mode, args)
-        print(f"{case}: ours {mode} {row[mode]['seconds']:.1f} s ({row[mode]['api']})", flush=True)
-    if case == "v2-kang" and args.v2_cls:
-        ours_perturb(model_dir, warm, vocab, "exact", args, pooling="cls")
-        row["exact_cls"] = ours_perturb(model_dir, cell, vocab, "exact", args, pooling="cls")
-        print(f"{case}: ours exact, cls pooling {row['exact_cls']['seconds']:.1f} s", flush=True)
+    common = {"case": f"{preset} / {origin.split(' (')[0]}", "cell_length": len(cell), "n_genes": len(genes)}
+    ours = {}
+    for prec in args.precisions:
+        o = ours[prec] = {}
+        for mode in ("exact", "screen"):
+            ours_perturb(model_dir, warm, vocab, mode, args, precision=prec)
+            o[mode] = ours_perturb(model_dir, cell, vocab, mode, args, precision=prec)
+            print(f"{case}: ours {mode} ({prec}) {o[mode]['seconds']:.1f} s ({o[mode]['api']})", flush=True)
+        if case == "v2-kang" and args.v2_cls:
+            ours_perturb(model_dir, warm, vocab, "exact", args, pooling="cls", precision=prec)
+            o["exact_cls"] = ours_perturb(model_dir, cell, vocab, "exact", args, pooling="cls", precision=prec)
+            print(f"{case}: ours exact, cls pooling ({prec}) {o['exact_cls']['seconds']:.1f} s", flush=True)
+    row = dict(common)
     if peer is not None:
         d = work / f"{case}_upstream"
         up.save_dataset({"input_ids": [cell], "length": [len(cell)]}, d / "cell.dataset")
@@ -487,6 +494,16 @@ def case_peer(case: str, inputs: Inputs, args, peer, work: Path) -> dict:
         row["peer"] = {"name": f"self-written reference (batch {args.peer_batch}, {len(pick)} of the genes)",
                        "seconds": secs, "n": len(pick), "values": vals, "upstream": False}
         print(f"{case}: reference {secs:.1f} s for {len(pick)} perturbations", flush=True)
+    rows = []
+    for prec, o in ours.items():
+        r = {**row, **o, "precision": prec}
+        rows.append(_peer_agreement(r, args, config, genes))
+    return rows
+
+
+def _peer_agreement(row: dict, args, config, genes) -> dict:
+    """Agreement with the peer and the rates of one precision's row."""
+    cell_len = row["cell_length"]
     # agreement with the peer, on the genes the peer evaluated
     pv = row["peer"]["values"]
     keys = sorted(pv)
@@ -494,7 +511,7 @@ def case_peer(case: str, inputs: Inputs, args, peer, work: Path) -> dict:
     ex = row["exact"]["gene_cos_mean"]
     missing = [k for k in keys if k not in ex]
     if missing:
-        raise SystemExit(f"{case}: ours has no result for {len(missing)} gene(s) the peer perturbed")
+        raise SystemExit(f"{row['case']}: ours has no result for {len(missing)} gene(s) the peer perturbed")
     ours_vals = np.array([ex[k] for k in keys])
     row["exact_max_abs_diff"] = float(np.abs(ours_vals - peer_vals).max())
     row["exact_spearman"] = up.spearman(ours_vals, peer_vals)
@@ -521,7 +538,7 @@ def case_peer(case: str, inputs: Inputs, args, peer, work: Path) -> dict:
     row["exact_per_s"] = len(genes) / row["exact"]["seconds"]
     row["screen_per_s"] = len(genes) / row["screen"]["seconds"]
     n_layers = config.num_hidden_layers
-    L = len(cell) - 1
+    L = cell_len - 1
     row["peer_gflop"] = up.encoder_gflop(config, L, n_layers, mlm_head=True)
     row["exact_gflop"] = up.encoder_gflop(config, L, n_layers - 1, mlm_head=False)
     # screen without states: one pass for the estimate, the original and top-K perturbed cells exactly
@@ -530,17 +547,15 @@ def case_peer(case: str, inputs: Inputs, args, peer, work: Path) -> dict:
 
 
 def print_peer_rows(rows: list[dict], args, machine: dict) -> None:
-    prec = up.resolved_precision(args.precision, args.device)
-    rate = machine["bf16_gflops" if prec == "bf16" else "fp32_gflops"]
     print()
-    print(f"all genes of one cell deleted (ours in {prec}; the peer in fp32):")
-    print("| case | cell length | genes | peer | peer perturbations/s | ours exact /s | exact / peer | "
+    print("all genes of one cell deleted (the peer in fp32):")
+    print("| case | precision | cell length | genes | peer | peer perturbations/s | ours exact /s | exact / peer | "
           "exact max abs diff | exact Spearman | ours screen genes/s | screen / peer | screen Spearman | "
           "screen top-K max abs diff | screen top-K recall of peer top 20 |")
-    print("|" + "---|" * 14)
+    print("|" + "---|" * 15)
     for r in rows:
         p = r["peer"]
-        print(f"| {r['case']} | {r['cell_length']} | {r['n_genes']} | {p['name']} | {r['peer_per_s']:.2f} | "
+        print(f"| {r['case']} | {r['precision']} | {r['cell_length']} | {r['n_genes']} | {p['name']} | {r['peer_per_s']:.2f} | "
               f"{r['exact_per_s']:.2f} | {r['exact_per_s'] / r['peer_per_s']:.2f}x | {r['exact_max_abs_diff']:.1e} | "
               f"{r['exact_spearman']:.6f} | {r['screen_per_s']:.1f} | {r['screen_per_s'] / r['peer_per_s']:.1f}x | "
               f"{r['screen_spearman']:.3f} | {r['screen_topk_max_abs_diff']:.1e} | {r['screen_top20_recall']:.2f} |")
@@ -555,23 +570,25 @@ def print_peer_rows(rows: list[dict], args, machine: dict) -> None:
         if "cls_spearman" in r:
             extra = (f"; <cls> pooling, exact: max abs diff {r['cls_max_abs_diff']:.1e}, Spearman {r['cls_spearman']:.6f} "
                      f"vs upstream's <cls> cosines ({r['exact_cls']['seconds']:.1f} s)")
-        print(f"  {r['case']}: {r['cell_effect_spearman']:.3f}{extra}")
+        print(f"  {r['case']} ({r['precision']}): {r['cell_effect_spearman']:.3f}{extra}")
     print()
-    print(f"goals (ratios to upstream, {args.threads} thread(s), {prec}): exact >= {EXACT_GOAL:g}x with shifts equal to 1e-5 "
+    print(f"goals (ratios to upstream, {args.threads} thread(s)): exact >= {EXACT_GOAL:g}x with shifts equal to 1e-5 "
           f"in fp32 (Spearman >= 0.999 in bf16), screen >= {SCREEN_GOAL:g}x")
     for r in rows:
+        prec = r["precision"]
+        rate = machine["bf16_gflops" if prec == "bf16" else "fp32_gflops"]
         ps = 1 / r["peer_per_s"]
         if not r["peer"]["upstream"]:
             print(f"{r['case']}: the peer is the self-written reference, not upstream: no goal is judged "
                   f"(exact {r['exact_per_s'] / r['peer_per_s']:.2f}x, screen {r['screen_per_s'] / r['peer_per_s']:.1f}x it; "
                   f"exact max abs diff {r['exact_max_abs_diff']:.1e})")
             continue
-        print(up.bound_line(f"{r['case']} exact", r["exact_per_s"] / r["peer_per_s"], EXACT_GOAL, r["exact_gflop"],
+        print(up.bound_line(f"{r['case']} exact ({prec})", r["exact_per_s"] / r["peer_per_s"], EXACT_GOAL, r["exact_gflop"],
                             1 / r["exact_per_s"], r["peer_gflop"], ps, rate, prec))
         ok = r["exact_max_abs_diff"] <= 1e-5 if prec == "fp32" else r["exact_spearman"] >= 0.999
-        print(f"{r['case']} exact agreement: max abs diff {r['exact_max_abs_diff']:.1e}, Spearman {r['exact_spearman']:.6f}: "
+        print(f"{r['case']} exact agreement ({prec}): max abs diff {r['exact_max_abs_diff']:.1e}, Spearman {r['exact_spearman']:.6f}: "
               + ("met" if ok else "missed"))
-        print(up.bound_line(f"{r['case']} screen", r["screen_per_s"] / r["peer_per_s"], SCREEN_GOAL, r["screen_gflop"],
+        print(up.bound_line(f"{r['case']} screen ({prec})", r["screen_per_s"] / r["peer_per_s"], SCREEN_GOAL, r["screen_gflop"],
                             1 / r["screen_per_s"], r["peer_gflop"], ps, rate, prec))
 
 
@@ -601,8 +618,9 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=20, help="v1-cell/v2-kang: genes the screen evaluates exactly")
     ap.add_argument("--v2-cls", action="store_true",
                     help="v2-kang: also ours exact with <cls> pooling against upstream's <cls> cosines")
-    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
-                    help="v1-cell/v2-kang: ours (the peer runs fp32)")
+    ap.add_argument("--precision", default="fp32",
+                    help="v1-cell/v2-kang: ours, fp32, bf16 or auto; several comma-separated (fp32,bf16) run ours "
+                         "once each against one peer run (the peer runs fp32)")
     ap.add_argument("--workdir", help="v1-cell/v2-kang: model folders and upstream's files (default: temporary)")
     up.add_arguments(ap)
     ap.add_argument("--inputs", help="read inputs from a folder written by --export-inputs instead of ../shared/data")
@@ -615,6 +633,10 @@ def main() -> None:
         return
     if args.screen_anchors < 0:
         ap.error(f"--screen-anchors must be >= 0, got {args.screen_anchors}")
+    args.precisions = [x.strip() for x in args.precision.split(",") if x.strip()]
+    if not args.precisions or set(args.precisions) - {"fp32", "bf16", "auto"}:
+        ap.error(f"--precision takes fp32, bf16, auto or a comma-separated list of them, got {args.precision!r}")
+    args.precisions = list(dict.fromkeys(up.resolved_precision(x, args.device) for x in args.precisions))
     default = "v1-cell,v2-kang" if args.upstream else "tiny,trained,v1"
     cases = [ALIASES.get(c.strip(), c.strip()) for c in (args.cases or default).split(",") if c.strip()]
     unknown = sorted(set(cases) - set(CASES))
@@ -640,7 +662,7 @@ def main() -> None:
     work = Path(args.workdir or tmp.name)
     for case in cases:
         if case in PEER_CASES:
-            peer_rows.append(case_peer(case, inputs, args, peer, work))
+            peer_rows.extend(case_peer(case, inputs, args, peer, work))
             continue
         row = case_tiny(inputs, vocab, args) if case == "tiny" else (
             case_trained(inputs, args) if case == "trained" else case_v1(vocab, args))
