@@ -120,12 +120,13 @@ def section_perturb(model, kang, cells: int, rows: list) -> dict:
         agree[f"exact {key}: Spearman bf16 vs fp32 (per cell, all genes)"] = per_cell_spearman(ex32, ex16, col, col)
         if with_states:
             agree[f"exact {key}: top-20 overlap of the treatment ranking"] = np.array([top_overlap(ex32, ex16, col)])
+        est = "shift_estimate" if with_states else "cell_effect_estimate"
         for prec in ("fp32", "bf16"):
             sc = runs["screen", with_states, prec]
             agree[f"screen vs exact {key}, {prec}: Spearman (per cell, all genes)"] = per_cell_spearman(
-                sc, runs["exact", with_states, prec], "shift_estimate", col)
+                sc, runs["exact", with_states, prec], est, col)
         agree[f"screen {key}: Spearman of estimates bf16 vs fp32"] = per_cell_spearman(
-            runs["screen", with_states, "fp32"], runs["screen", with_states, "bf16"], "shift_estimate", "shift_estimate")
+            runs["screen", with_states, "fp32"], runs["screen", with_states, "bf16"], est, est)
     return agree
 
 
