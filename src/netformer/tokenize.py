@@ -725,7 +725,10 @@ class TranscriptomeTokenizer:
 
     def settings(self) -> dict:
         """What a model needs to know of this tokenizer: dictionary name and digest, input size, special tokens."""
-        return {"vocab": self.vocab.name, "vocab_digest": self.vocab.digest, "vocab_size": self.vocab.vocab_size,
+        key = (id(self.vocab.token_dict), len(self.vocab.token_dict))
+        if getattr(self, "_digest", (None, None))[0] != key:  # the digest hashes the whole dictionary: once
+            self._digest = (key, self.vocab.digest)
+        return {"vocab": self.vocab.name, "vocab_digest": self._digest[1], "vocab_size": self.vocab.vocab_size,
                 "model_input_size": self.config.model_input_size, "special_tokens": self.special_tokens}
 
     def _dataset_info(self):
