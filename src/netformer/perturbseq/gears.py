@@ -29,8 +29,14 @@ cell as input (control cells are paired with themselves), as upstream.
 Vectorisation (what differs from upstream's PyG code, which copies the gene graph once per cell
 and loops over perturbations in Python): the gene-embedding branch depends on no input, so it is
 computed once per batch (BatchNorm statistics over genes are the same as over the copies); GO
-propagation is one sparse matmul; a batch of B cells is one (B, n_genes, h) tensor; decoders are
-``einsum``. Prediction needs no sampling: the input cell enters only through the residual, so the
+propagation is one sparse matmul. Before the residual, a cell's gene states depend only on its
+perturbation, so the decoder runs once per distinct perturbation of the batch (BatchNorm
+statistics weighted by the number of cells sharing it: the same function, gradients and running
+statistics as per cell); the first BatchNorm's statistics over the gene x perturbation grid come
+from those of the two factors; the shared MLP's last linear layer is folded into the
+gene-specific decoder (one contraction); the cross-gene MLP runs per cell. Training follows
+GEARS's recipe: Adam, gradients clipped elementwise to 1, learning rate halved after every epoch,
+and (with validation conditions) the best-validation epoch kept. Prediction needs no sampling: the input cell enters only through the residual, so the
 mean prediction over control cells is the control mean plus the network's output (upstream
 averages 300 sampled control cells to estimate the same quantity).
 """
@@ -62,7 +68,10 @@ class GEARSConfig:
     """Hyper-parameters of :class:`GEARSModel` (defaults: GEARS's).
 
     hidden: embedding width h (64). epochs (20), lr (1e-3), weight_decay (5e-4), batch_size (32):
-    Adam training. gamma: autofocus exponent 2 + gamma (2). direction_lambda (0.1) and
+    Adam training. lr_decay (0.5): the learning rate is multiplied by it after every epoch, as
+    GEARS's ``StepLR(step_size=1, gamma=0.5)`` (1.0: constant). grad_clip (1.0): every gradient
+    element is clipped to [-grad_clip, grad_clip] before each step, as GEARS's
+    ``clip_grad_value_`` (None: no clipping). gamma: autofocus exponent 2 + gamma (2). direction_lambda (0.1) and
     direction_tau (0.1): direction term weight and tanh temperature. num_go_layers /
     num_gene_layers: graph layers (1 each). pos_weight: weight of the co-expression branch (0.2).
     coexpress_threshold / coexpress_k: co-expression graph (0.4, 20). coexpress_max_cells:
@@ -87,6 +96,8 @@ class GEARSConfig:
     lr: float = 1e-3
     weight_decay: float = 5e-4
     batch_size: int = 32
+    lr_decay: float = 0.5
+    grad_clip: float | None = 1.0
     gamma: float = 2.0
     direction_lambda: float = 0.1
     direction_tau: float = 0.1
@@ -109,6 +120,8 @@ class GEARSConfig:
             "lr": self.lr > 0,
             "weight_decay": self.weight_decay >= 0,
             "batch_size": self.batch_size >= 2,
+            "lr_decay": 0 < self.lr_decay <= 1,
+            "grad_clip": self.grad_clip is None or self.grad_clip > 0,
             "gamma": self.gamma >= 0,
             "direction_tau": self.direction_tau > 0,
             "num_go_layers": self.num_go_layers >= 1,
@@ -139,6 +152,33 @@ def _mlp(sizes: Sequence[int], last_act: bool) -> nn.Sequential:
     if last_act:
         layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+def _bn_stats(bn: nn.BatchNorm1d, mean: torch.Tensor, var: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Statistics BatchNorm normalises with: the batch's (biased ``var`` over ``n`` rows; running
+    statistics updated as ``bn`` would) in training mode, the running ones in eval mode."""
+    if not bn.training:
+        return bn.running_mean, bn.running_var
+    with torch.no_grad():
+        m = bn.momentum
+        bn.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+        bn.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)), alpha=m)
+        bn.num_batches_tracked.add_(1)
+    return mean, var
+
+
+def _batch_norm_weighted(bn: nn.BatchNorm1d, X: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``bn`` over the rows of ``X`` (G, U, C) where column ``u`` stands for ``counts[u]`` identical
+    cells: statistics, gradients and running statistics equal those of ``bn`` on the (G * sum(counts), C)
+    batch with the repeats (up to float rounding)."""
+    n = counts.sum() * X.shape[0]
+    mean = counts @ X.sum(0) / n
+    D = X - mean
+    var = counts @ (D * D).sum(0) / n
+    mean, var = _bn_stats(bn, mean, var, n)
+    if not bn.training:
+        D = X - mean
+    return torch.addcmul(bn.bias, D, torch.rsqrt(var + bn.eps) * bn.weight)
 
 
 def _sparse(A) -> torch.Tensor:
@@ -214,20 +254,50 @@ class GEARSNetwork(nn.Module):
             fused[idx] = self.pert_fuse(summed[idx])
         return fused
 
-    def decode(self, H: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Gene-specific and cross-gene decoders on (B, n_genes, h) states; adds the residual ``x``."""
-        B, G, h = H.shape
-        H = torch.relu(self.bn_pert_base(H.reshape(B * G, h)))
-        H = self.recovery_w(H).reshape(B, G, h)
-        out = torch.einsum("bgh,gh->bg", H, self.indv_w1) + self.indv_b1
-        cross = self.cross_gene_state(out)  # (B, h)
+    def decode(self, base: torch.Tensor, fused: torch.Tensor, x: torch.Tensor, counts: torch.Tensor | None = None,
+               inverse: torch.Tensor | None = None) -> torch.Tensor:
+        """Gene-specific and cross-gene decoders; adds the residual ``x`` (B, n_genes).
+
+        The state of gene ``g`` in a cell with fused perturbation embedding ``f`` is
+        ``base[g] + f`` (``base`` (n_genes, h) from :meth:`gene_base`). ``fused`` (U, h) holds the
+        distinct perturbation embeddings of the batch: cell ``b`` has ``fused[inverse[b]]``
+        (default: U = B, the cells' own) and ``counts[u]`` cells share row ``u``; BatchNorm
+        statistics weight each row by its count, so the result (and its gradients and the running
+        statistics) equals decoding the B cells one by one. Two exact rewrites keep the work small:
+        the first BatchNorm's statistics over the ``base[g] + f[u]`` grid are those of ``base`` plus
+        those of ``fused`` (mean and variance add over a product grid), and the shared MLP's last
+        linear layer and the gene-specific first decoder are one contraction
+        (``w1[g] . (W z + b) = (w1[g] W) . z + w1[g] . b``).
+        """
+        G, U = base.shape[0], fused.shape[0]
+        w = fused.new_ones(U) if counts is None else counts.to(fused.dtype)
+        N = w.sum()
+        bn0 = self.bn_pert_base
+        mb = base.mean(0)
+        mf = w @ fused / N
+        mean, var = _bn_stats(bn0, mb + mf, base.var(0, unbiased=False) + w @ (fused - mf) ** 2 / N, N * G)
+        scale = torch.rsqrt(var + bn0.eps) * bn0.weight
+        a = (base - mb) * scale  # a[g] + c[u] = BN(base[g] + fused[u])
+        c = (fused - (mean - mb)) * scale + bn0.bias
+        Y = torch.relu(a[:, None, :] + c[None, :, :])  # (G, U, h)
+        lin1, bn1, lin2 = self.recovery_w[0], self.recovery_w[1], self.recovery_w[3]
+        Z = torch.relu(_batch_norm_weighted(bn1, lin1(Y), w))  # (G, U, 2h)
+        V = self.indv_w1 @ lin2.weight  # (G, 2h): gene decoder folded into the last layer
+        out = torch.linalg.vecdot(Z, V[:, None, :]).T + (self.indv_w1 @ lin2.bias + self.indv_b1)  # (U, G)
+        if inverse is not None:
+            out = out[inverse]
+        cross = self.cross_gene_state(out)  # (B, h), per cell
         out = out * self.indv_w2[:, 0] + cross @ self.indv_w2[:, 1:].T + self.indv_b2
         return out + x
 
     def forward(self, x: torch.Tensor, pert_nodes: torch.Tensor) -> torch.Tensor:
         base = self.gene_base()
         fused = self.perturbation_embedding(pert_nodes)
-        return self.decode(base[None, :, :] + fused[:, None, :], x)
+        # cells with the same perturbation have the same states before the residual: decode each once
+        uniq, inverse, counts = torch.unique(pert_nodes, dim=0, return_inverse=True, return_counts=True)
+        first = torch.full((len(uniq),), len(inverse), dtype=inverse.dtype, device=inverse.device)
+        first = first.scatter_reduce(0, inverse, torch.arange(len(inverse), device=inverse.device), "amin")
+        return self.decode(base, fused[first], x, counts, inverse)
 
 
 def gears_loss(
@@ -272,7 +342,8 @@ class _TrainSet:
 
 
 class EpochTrainer:
-    """One GEARS training epoch at a time: shuffled mini-batches, random control partners, Adam.
+    """One GEARS training epoch at a time: shuffled mini-batches, random control partners, Adam
+    (gradients clipped to ``grad_clip``), the learning rate times ``lr_decay`` after each epoch.
 
     ``forward(net, x, pert_nodes)`` defaults to the batched network; the benchmark passes
     :func:`reference_forward` to time the per-cell implementation on identical batches.
@@ -310,11 +381,15 @@ class EpochTrainer:
             loss = gears_loss(pred, self.X[idx], self.ctrl, c, self.mask[c], self.direction[c], c == 0, cfg)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_value_(net.parameters(), cfg.grad_clip)
             self.opt.step()
             total += float(loss.detach())
             batches += 1
             if max_batches is not None and batches >= max_batches:
                 break
+        for group in self.opt.param_groups:  # GEARS's per-epoch StepLR
+            group["lr"] *= cfg.lr_decay
         return total / max(batches, 1)
 
 
@@ -596,7 +671,7 @@ class GEARSModel(PerturbationModel):
         for start in range(0, len(conditions), 256):
             pn = nodes[start : start + 256]
             fused = net.perturbation_embedding(pn, go)
-            pred = net.decode(base[None] + fused[:, None, :], zero.expand(len(pn), -1))
+            pred = net.decode(base, fused, zero.expand(len(pn), -1))
             out.append(pred.double().cpu().numpy())
         # the input enters only through the residual: mean over control cells = control mean + out
         return np.concatenate(out) if out else np.zeros((0, self.data_.n_genes))
