@@ -24,7 +24,7 @@ def test_lora_classifier_trains_adapters_saves_and_loads(tiny_pretrained, tmp_pa
     assert clf.config.lora == {"r": 4, "alpha": 16, "dropout": 0.05, "target_modules": ["query", "key", "value"]}
     clf.fit(cells, "cell_type")
     trained = {n for n, p in clf.model.named_parameters() if p.requires_grad}
-    assert trained and all("lora_" in n or "classifier" in n for n in trained)
+    assert trained and all("lora_" in n or "classifier" in n or "pooler" in n for n in trained)
     base = load_model(tiny_pretrained.model_dir, kind="base", device="cpu")
     frozen = dict(clf.model.get_base_model().bert.named_parameters())
     w = "encoder.layer.0.attention.self.query.base_layer.weight"

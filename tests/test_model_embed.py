@@ -67,16 +67,17 @@ def test_embeddings_do_not_depend_on_batching_and_skip_layers_exactly(tiny_pretr
     model = load_model(tiny_pretrained.model_dir, attn_implementation="eager")
     seqs = tiny_pretrained.pbmc.select(range(12))["input_ids"]
     seqs = [s[: 20 + 17 * i] for i, s in enumerate(seqs)]  # varied lengths -> padding in batches
-    one = embed_cells(model, seqs, EmbeddingConfig(batch_size=1))
-    many = embed_cells(model, seqs, EmbeddingConfig(batch_size=12))
+    one = embed_cells(model, seqs, EmbeddingConfig(batch_size=1, precision="fp32"))
+    many = embed_cells(model, seqs, EmbeddingConfig(batch_size=12, precision="fp32"))
     np.testing.assert_allclose(one, many, atol=2e-5)
     # truncating the encoder gives the same state as output_hidden_states of the full model
     ids = torch.tensor([seqs[5]])
     genes = ~torch.isin(ids[0], torch.tensor(tiny_pretrained.vocab.special_ids))  # <cls> is not pooled
     with torch.no_grad():
         full = model(ids, output_hidden_states=True).hidden_states[-2][0][genes].mean(0).numpy()
-    np.testing.assert_allclose(embed_cells(model, [seqs[5]], EmbeddingConfig(layer=-2))[0], full, atol=2e-5)
-    cls = embed_cells(model, seqs, EmbeddingConfig(pooling="cls", layer=-1))
+    np.testing.assert_allclose(embed_cells(model, [seqs[5]], EmbeddingConfig(layer=-2, precision="fp32"))[0], full,
+                               atol=2e-5)
+    cls = embed_cells(model, seqs, EmbeddingConfig(pooling="cls", layer=-1, precision="fp32"))
     with torch.no_grad():
         np.testing.assert_allclose(cls[5], model(ids).last_hidden_state[0, 0].numpy(), atol=2e-5)
 

@@ -217,11 +217,11 @@ def test_python_api_equals_upstream_with_the_datasets_dictionary(case):
     """``embed_cells`` (layer -2, mean pooling: the defaults) on a checkpoint without a dictionary, the
     dictionary coming from the tokenized dataset, equals upstream's rule per cell to 1e-5."""
     model = load_model(case.checkpoint, device="cpu")
-    emb = embed_cells(model, case.dataset, EmbeddingConfig(layer=-2, pooling="mean", batch_size=4))
+    emb = embed_cells(model, case.dataset, EmbeddingConfig(layer=-2, pooling="mean", batch_size=4, precision="fp32"))
     assert emb.shape == (len(case.cells), model.config.hidden_size)
     np.testing.assert_allclose(emb, case.reference, rtol=0, atol=ATOL)
-    # the same from the folder written to disk (its vocab/), and with the defaults
-    emb_disk = embed_cells(model, load_tokenized(case.folder))
+    # the same from the folder written to disk (its vocab/), and with the other defaults
+    emb_disk = embed_cells(model, load_tokenized(case.folder), EmbeddingConfig(precision="fp32"))
     np.testing.assert_allclose(emb_disk, case.reference, rtol=0, atol=ATOL)
 
 
@@ -230,7 +230,7 @@ def test_python_api_equals_upstream_with_vocab_argument(case):
     upstream's rule, and without it a DictionaryError says what to pass."""
     model = load_model(case.checkpoint, device="cpu")
     seqs = [list(s) for s in case.dataset["input_ids"]][:4]
-    emb = embed_cells(model, seqs, vocab=case.vocab)
+    emb = embed_cells(model, seqs, EmbeddingConfig(precision="fp32"), vocab=case.vocab)
     np.testing.assert_allclose(emb, case.reference[:4], rtol=0, atol=ATOL)
     with pytest.raises(DictionaryError, match="vocab"):
         embed_cells(model, seqs)
@@ -253,7 +253,8 @@ def test_cli_embed_equals_upstream(case, tmp_path, capsys, suffix):
 
     out = tmp_path / f"cells{suffix}"
     with pytest.raises(SystemExit) as stop:
-        main(["embed", str(case.checkpoint), str(case.folder), "--out", str(out), "--device", "cpu"])
+        main(["embed", str(case.checkpoint), str(case.folder), "--out", str(out), "--device", "cpu",
+              "--precision", "fp32"])
     captured = capsys.readouterr()
     assert stop.value.code == 0, captured.err
     assert case.vocab.name in captured.err  # says which dictionary it used (the cells')

@@ -2,7 +2,7 @@
 Language Models"), through Hugging Face ``peft``.
 
 A LoRA classifier trains rank-``r`` updates of the attention projections and the whole classification
-head; the pretrained weights stay frozen. It is saved as a peft adapter folder
+head (for cells with BERT's pooler, which masked-LM checkpoints lack); the pretrained weights stay frozen. It is saved as a peft adapter folder
 (``adapter_config.json`` + ``adapter_model.safetensors``, the head included) beside the classifier's
 ``config.json``, the dictionary and ``netformer_classifier.json``; the adapter names the base
 checkpoint by absolute path. :func:`netformer.model.load_model` reads such a folder by loading the
@@ -54,8 +54,11 @@ def add_lora(model, settings: Mapping, task: str, base_dir: str | Path):
     target projections, the classification head trained in full, everything else frozen."""
     from peft import LoraConfig, get_peft_model
 
+    # the head: the classifier, and for cells BERT's pooler, which a masked-LM checkpoint does not hold
+    # (initialised afresh, so it must be trained and saved with the adapter)
+    head = ["classifier", "pooler"] if getattr(model.bert, "pooler", None) is not None else ["classifier"]
     cfg = LoraConfig(r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=settings["dropout"],
-                     target_modules=list(settings["target_modules"]), modules_to_save=["classifier"],
+                     target_modules=list(settings["target_modules"]), modules_to_save=head,
                      task_type=_TASKS[task], base_model_name_or_path=str(Path(base_dir).resolve()))
     return get_peft_model(model, cfg)
 
