@@ -158,7 +158,36 @@ def _fit_ours(data, split, seed: int, args):
     whole = train + np.array(model.val_seconds_)
     return dict(train_s=float(np.median(train)), epoch_s=float(np.median(whole)), fit_s=total,
                 best_epoch=model.best_epoch_, mse_top20_de=float(res["mse_top20_de"]),
-                pearson_delta=float(res["pearson_delta"]), nodes=list(model.nodes_), n_train_cells=len(model.trainset_.X))
+                pearson_delta=float(res["pearson_delta"]), nodes=list(model.nodes_), n_train_cells=len(model.trainset_.X),
+                gemm_flop=_epoch_gemm_flop(model, seed))
+
+
+def _epoch_gemm_flop(model, seed: int) -> float:
+    """Dense matmul FLOPs of one of our training epochs (forward + backward, the first epoch's batches):
+    the shared MLP's first layer over (distinct perturbations x genes) rows and the cross-gene layer
+    over cells; the graph layers and the gene branch (n_genes rows) are left out (< 3%)."""
+    ts, cfg = model.trainset_, model.config
+    order = np.random.default_rng(seed + 1).permutation(len(ts.X))  # EpochTrainer's first permutation
+    G, h = len(ts.gene_mask[0]), cfg.hidden
+    flop = 0.0
+    for start in range(0, len(order), cfg.batch_size):
+        idx = order[start : start + cfg.batch_size]
+        U = len({tuple(ts.cond_nodes[c]) for c in ts.cond[idx]})
+        flop += 3 * 2 * (U * G * h * 2 * h + len(idx) * G * h)
+    return flop
+
+
+def _matmul_rate(threads: int) -> float:
+    """float32 GFLOP/s of a 1,024 x 1,024 matmul on ``threads`` threads (best of 5)."""
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best = float("inf")
+    for _ in range(6):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 1024**3 / best / 1e9
 
 
 def _run_gears(data, split, seed: int, args, work: Path) -> dict:
@@ -260,6 +289,12 @@ def run_cell_gears(args) -> None:
     met = r_train >= 5 and ours_mse <= up_mse
     print(f"goal (epoch >= 5x at equal or better test mse_top20_de): {'met' if met else 'not met'} "
           f"(train pass {r_train:.1f}x, mse_top20_de {ours_mse:.4f} vs {up_mse:.4f})")
+    rate = _matmul_rate(args.threads)
+    flop = np.mean([r[1]["gemm_flop"] for r in rows])
+    train = ms("train_s", 1)[0]
+    print(f"bound: our epoch's dense matmuls are {flop / 1e9:.1f} GFLOP (float32); at this machine's measured "
+          f"{rate:.0f} GFLOP/s (1,024^3 matmul, {args.threads} thread(s)) that is {flop / 1e9 / rate:.2f} s of our "
+          f"{train:.2f} s training pass; the rest is memory-bound elementwise work (BatchNorm, ReLU, Adam) and Python")
 
 
 # ------------------------------------------------------------------------------------------------
