@@ -24,7 +24,14 @@ upstream's term never trains; the ``tanh`` surrogate does (``tau -> 0`` recovers
 the target direction is that of the condition's mean change ``mean_c - ctrl`` rather than of the
 single cell ``y``, whose sign is mostly dropout noise (a zero count reads as "down" for every
 expressed gene). Training pairs each perturbed cell with a random control
-cell as input (control cells are paired with themselves), as upstream.
+cell as input (control cells are paired with themselves), as upstream; the partner is redrawn
+every epoch (upstream draws it once, when it builds its dataset).
+
+Other differences from cell-gears 0.1.2's code, kept as they are: upstream's ``MLP`` ignores its
+``last_layer_act`` argument and ends every MLP with BatchNorm and no ReLU, whereas ``emb_trans_v2``
+and ``pert_fuse`` here end with a ReLU and ``recovery_w`` / ``cross_gene_state`` end with the
+linear layer; upstream's gene, positional and perturbation embeddings renormalise rows to norm 1
+(``max_norm=True``) and its gene-specific decoder biases start random rather than at 0.
 
 Vectorisation (what differs from upstream's PyG code, which copies the gene graph once per cell
 and loops over perturbations in Python): the gene-embedding branch depends on no input, so it is
