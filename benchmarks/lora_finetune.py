@@ -119,7 +119,7 @@ def main() -> None:
     import pandas as pd
 
     df = pd.DataFrame(rows)
-    print("\n" + df.to_markdown(index=False, floatfmt=".4g"))
+    print("\n" + df.to_string(index=False))
     for prec in precs:
         full = df[(df.variant == "full") & (df.precision == prec)].iloc[0]
         lora = df[(df.variant == "lora") & (df.precision == prec)].iloc[0]

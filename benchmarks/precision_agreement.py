@@ -245,7 +245,7 @@ def main() -> None:
 
     speed = pd.DataFrame(rows)
     print("\n## Speed (same run)\n")
-    print(speed.to_markdown(index=False, floatfmt=".4g"))
+    print(speed.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     pairs = speed.pivot_table(index="what", columns="precision", values="per_second", sort=False)
     print("\nbf16 / fp32 speed:")
     for what, r in pairs.iterrows():
@@ -253,7 +253,7 @@ def main() -> None:
     print("\n## Agreement\n")
     table = pd.DataFrame([{"measure": k, "n": len(v), "mean": float(np.mean(v)), "min": float(np.min(v))}
                           for k, v in agree.items()])
-    print(table.to_markdown(index=False, floatfmt=".6g"))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
     if args.json:
         args.json.write_text(json.dumps({"cpu": feats, "matmul_gflops": rates, "speed": rows,
                                          "agreement": table.to_dict("records")}, indent=1, default=float))
