@@ -226,43 +226,39 @@ def _change_sketch(base, ids, gene_mask: torch.Tensor, positions: np.ndarray, an
     return (d ** 2).mean(1) / (2 * float(e.double().norm()) ** 2)
 
 
-def _anchored_change(base, ids, gene_mask: torch.Tensor, e: torch.Tensor, R: torch.Tensor, positions: np.ndarray,
-                     anchors: int) -> np.ndarray:
-    """Projections ``R . (e_q - e)`` of the exact change of the cell embedding when every token after
-    ``q`` moves one position forward, at ``anchors`` positions, interpolated to every gene position;
-    (n_genes, probes) float64."""
+def _shifted_embeddings(base, ids, gene_mask: torch.Tensor, positions: np.ndarray, anchors: int):
+    """Anchor positions ``qs`` (``anchors`` of them, spread evenly over the genes) and, for each, the exact
+    cell embedding (H,) when every token after ``q`` moves one position forward (what deleting the
+    gene at ``q`` does to the others' positions)."""
     emb = base.embeddings
     dev = gene_mask.device
     t = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=dev)
     words = emb.word_embeddings(t) + emb.token_type_embeddings(torch.zeros_like(t))
     qs = np.unique(np.linspace(positions[0], positions[-1], min(anchors, len(positions))).round().astype(int))
-    vals = []
+    out = []
     for q in qs:
         pos = torch.arange(len(t), device=dev)
         pos[q + 1:] -= 1
         _, h = gated_forward(base, ids, x=words + emb.position_embeddings(pos))
-        vals.append((R @ (masked_mean(h, gene_mask) - e)).double().cpu().numpy())
-    vals = np.asarray(vals)  # (anchors, probes)
+        out.append(masked_mean(h, gene_mask))
+    return qs, out
+
+
+def _anchored_change(base, ids, gene_mask: torch.Tensor, e: torch.Tensor, R: torch.Tensor, positions: np.ndarray,
+                     anchors: int) -> np.ndarray:
+    """Projections ``R . (e_q - e)`` of the exact position-shift change of the cell embedding at the
+    anchors (:func:`_shifted_embeddings`), interpolated to every gene position; (n_genes, probes) float64."""
+    qs, shifted = _shifted_embeddings(base, ids, gene_mask, positions, anchors)
+    vals = np.asarray([(R @ (eq - e)).double().cpu().numpy() for eq in shifted])  # (anchors, probes)
     return np.stack([np.interp(positions, qs, vals[:, i]) for i in range(vals.shape[1])], 1)
 
 
 def _anchored_shift(base, ids, gene_mask: torch.Tensor, goal: torch.Tensor, positions: np.ndarray, f0: float,
                     anchors: int) -> np.ndarray:
-    """Exact effect on ``cos(cell, goal)`` of moving every token after ``q`` one position forward (what
-    deleting the gene at ``q`` does to the others' positions), at ``anchors`` positions ``q`` spread
-    evenly over the genes, linearly interpolated to every gene position; (n_genes,) float64."""
-    emb = base.embeddings
-    dev = gene_mask.device
-    t = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=dev)
-    words = emb.word_embeddings(t) + emb.token_type_embeddings(torch.zeros_like(t))
-    qs = np.unique(np.linspace(positions[0], positions[-1], min(anchors, len(positions))).round().astype(int))
-    vals = []
-    for q in qs:
-        pos = torch.arange(len(t), device=dev)
-        pos[q + 1:] -= 1
-        _, h = gated_forward(base, ids, x=words + emb.position_embeddings(pos))
-        e = masked_mean(h, gene_mask)
-        vals.append(float(torch.nn.functional.cosine_similarity(e, goal, dim=0)) - f0)
+    """Exact effect on ``cos(cell, goal)`` of the position shift at the anchors (:func:`_shifted_embeddings`),
+    linearly interpolated to every gene position; (n_genes,) float64."""
+    qs, shifted = _shifted_embeddings(base, ids, gene_mask, positions, anchors)
+    vals = [float(torch.nn.functional.cosine_similarity(eq, goal, dim=0)) - f0 for eq in shifted]
     return np.interp(positions, qs, np.asarray(vals))
 
 
