@@ -14,6 +14,7 @@ Run::
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/make_synthetic_h5ad.py --cells 200000 --out /tmp/netformer_bench/synth_200k.h5ad
     OMP_WAIT_POLICY=PASSIVE python benchmarks/make_synthetic_h5ad.py --cells 20000 --out /tmp/netformer_bench/synth_20k.h5ad
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/make_synthetic_h5ad.py --cells 1000000 --out /tmp/netformer_bench/synth_1m.h5ad
 """
 
 from __future__ import annotations
