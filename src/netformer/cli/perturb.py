@@ -43,7 +43,8 @@ def perturb(
     vocab: VocabDir = None,
     subfolder: Subfolder = None,
     device: Device = None,
-    precision: precision_option("auto", "A bf16 copy of the encoder runs every pass.") = "auto",
+    precision: precision_option("fp32", "bf16 runs a bf16 copy of the encoder for every pass (faster; per-gene "
+                                        "shifts agree with fp32 to Spearman >= 0.996).") = "fp32",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished output directory.")] = False,
 ) -> None:
     """Perturb cells in silico; write results.parquet, genes.csv/.parquet and PNG plots into --out.
