@@ -26,10 +26,12 @@ Differences from upstream (Theodoris et al. 2023, ``geneformer/tokenizer.py``), 
   ascending token id: the same result as a sort by (``x_g`` descending, token id ascending), with
   about two passes over the cell's genes instead of ``log2(genes)``. The cells of a chunk are split
   over ``threads`` threads.
-- **Duplicate gene ids** (after mapping through the Ensembl mapping dictionary) are summed by a
-  sparse aggregation matrix, as upstream's ``sum_ensembl_ids`` does with pandas groupby.
-- **Cells with no mapped gene** are skipped and counted in the summary (upstream emits empty
-  sequences); counts are checked (finite, non-negative, integer) and bad values raise.
+- **Duplicate gene ids** (after mapping through the Ensembl mapping dictionary) are summed, as
+  upstream's ``sum_ensembl_ids`` does with pandas frames (in the kernel; by a sparse aggregation
+  matrix in the NumPy path).
+- **Cells with no mapped gene** are skipped and counted in the summary (upstream drops them with a
+  warning, or emits empty sequences in older versions); counts are checked (finite, non-negative,
+  integer) and bad values raise.
 
 Output: a Hugging Face :class:`datasets.Dataset` with ``input_ids`` (list of int32), ``length``
 (int32), ``cell_id`` and the requested obs columns.
