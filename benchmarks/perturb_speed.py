@@ -34,7 +34,7 @@ its own process):
 - ``v1-cell``: ``geneformer-v1-10m`` (random weights, gc30M) on the pbmc3k cell of
   ``--v1-cell-length`` (1,101) tokens at 2,048;
 - ``v2-kang`` (alias ``kang``): ``geneformer-v2-104m`` (random weights, gc104M, ``<cls>``/``<eos>``,
-  4,096) on the Kang 2018 cell whose length is closest to ``--kang-length`` (200).
+  4,096) on the Kang 2018 cell whose length is closest to ``--kang-length`` (128).
 
 Both models are saved to disk (``save_model``) and both sides load them from there inside the timed
 call. Upstream: ``InSilicoPerturber(perturb_type="delete", genes_to_perturb="all",
@@ -458,11 +458,11 @@ def case_peer(case: str, inputs: Inputs, args, peer, work: Path) -> list[dict]:
     ours = {}
     for prec in args.precisions:
         o = ours[prec] = {}
-        for mode in ("exact", "screen"):
+        for mode in args.modes:
             ours_perturb(model_dir, warm, vocab, mode, args, precision=prec)
             o[mode] = ours_perturb(model_dir, cell, vocab, mode, args, precision=prec)
             print(f"{case}: ours {mode} ({prec}) {o[mode]['seconds']:.1f} s ({o[mode]['api']})", flush=True)
-        if case == "v2-kang" and args.v2_cls:
+        if case == "v2-kang" and args.v2_cls and "exact" in args.modes:
             ours_perturb(model_dir, warm, vocab, "exact", args, pooling="cls", precision=prec)
             o["exact_cls"] = ours_perturb(model_dir, cell, vocab, "exact", args, pooling="cls", precision=prec)
             print(f"{case}: ours exact, cls pooling ({prec}) {o['exact_cls']['seconds']:.1f} s", flush=True)
@@ -474,11 +474,28 @@ def case_peer(case: str, inputs: Inputs, args, peer, work: Path) -> list[dict]:
         # V2 cells start with <cls>: upstream then refuses emb_mode "cell" and takes "cls" or "cls_and_gene";
         # cls_and_gene writes both the <cls> cosines and every other gene's cosine (the V1 quantity)
         emb_mode = "cls_and_gene" if vocab.has_cls_eos else "cell"
-        res = peer.run({"kind": "perturb", "model": str(model_dir), "data": str(d / "cell.dataset"),
-                        "warmup_data": str(d / "warmup.dataset"), "batch_size": args.peer_batch, "emb_layer": -1,
-                        "emb_mode": emb_mode, "model_version": "V2" if vocab.has_cls_eos else "V1"}, d / "run")
+        saved = Path(args.reuse_upstream) / f"{case}_result.json" if args.reuse_upstream else None
+        if saved is not None and saved.exists():
+            import json
+
+            res = json.loads(saved.read_text())
+            got = res["gene_cos_mean"] if vocab.has_cls_eos else res["cell_cos"]
+            if {int(k) for k in got} != set(genes) or res.get("batch_size", args.peer_batch) != args.peer_batch:
+                raise SystemExit(f"{saved} is not upstream's result for this cell and --peer-batch")
+            print(f"{case}: upstream's result reused from {saved} (an earlier run, not this one)", flush=True)
+            res["reused"] = True
+        else:
+            res = peer.run({"kind": "perturb", "model": str(model_dir), "data": str(d / "cell.dataset"),
+                            "warmup_data": str(d / "warmup.dataset"), "batch_size": args.peer_batch, "emb_layer": -1,
+                            "emb_mode": emb_mode, "model_version": "V2" if vocab.has_cls_eos else "V1"}, d / "run")
+            res["batch_size"] = args.peer_batch
+            if args.workdir:  # kept for --reuse-upstream
+                import json
+
+                (work / f"{case}_result.json").write_text(json.dumps(res))
         vals = res["gene_cos_mean"] if vocab.has_cls_eos else res["cell_cos"]
-        row["peer"] = {"name": f"upstream InSilicoPerturber (emb_mode {emb_mode}, batch {args.peer_batch})",
+        row["peer"] = {"name": f"upstream InSilicoPerturber (emb_mode {emb_mode}, batch {args.peer_batch})"
+                               + (", reused from an earlier run" if res.get("reused") else ""),
                        "seconds": res["call_s"], "n": len(vals), "values": {int(k): v for k, v in vals.items()},
                        "process_s": res["process_s"], "pickles": len(res["pickles"]), "upstream": True}
         if vocab.has_cls_eos:
@@ -508,24 +525,32 @@ def _peer_agreement(row: dict, args, config, genes) -> dict:
     pv = row["peer"]["values"]
     keys = sorted(pv)
     peer_vals = np.array([pv[k] for k in keys])
-    ex = row["exact"]["gene_cos_mean"]
-    missing = [k for k in keys if k not in ex]
-    if missing:
-        raise SystemExit(f"{row['case']}: ours has no result for {len(missing)} gene(s) the peer perturbed")
-    ours_vals = np.array([ex[k] for k in keys])
-    row["exact_max_abs_diff"] = float(np.abs(ours_vals - peer_vals).max())
-    row["exact_spearman"] = up.spearman(ours_vals, peer_vals)
-    ce = row["exact"]["cell_effect"]
-    # how closely our cell-embedding effect (1 - cos of the mean-pooled cells) ranks like upstream's
-    # mean gene cosine: the ceiling for a screen that estimates the former
-    row["cell_effect_spearman"] = up.spearman([ce[k] for k in keys], 1 - peer_vals)
-    est = row["screen"]["estimate"]
-    row["screen_spearman"] = up.spearman([est[k] for k in keys], 1 - peer_vals)
-    top = [k for k in row["screen"]["gene_cos_mean"] if k in pv]
-    row["screen_topk_max_abs_diff"] = float(max(abs(row["screen"]["gene_cos_mean"][k] - pv[k]) for k in top)) if top else float("nan")
-    n20 = min(20, len(keys))
-    peer_top = set(np.array(keys)[np.argsort(peer_vals, kind="stable")[:n20]].tolist())  # lowest cosine = largest effect
-    row["screen_top20_recall"] = len(peer_top & set(row["screen"]["gene_cos_mean"])) / n20
+    nan = float("nan")
+    for k in ("exact_max_abs_diff", "exact_spearman", "cell_effect_spearman", "screen_spearman",
+              "screen_topk_max_abs_diff", "screen_top20_recall", "exact_per_s", "screen_per_s"):
+        row.setdefault(k, nan)
+    if "exact" in row:
+        ex = row["exact"]["gene_cos_mean"]
+        missing = [k for k in keys if k not in ex]
+        if missing:
+            raise SystemExit(f"{row['case']}: ours has no result for {len(missing)} gene(s) the peer perturbed")
+        ours_vals = np.array([ex[k] for k in keys])
+        row["exact_max_abs_diff"] = float(np.abs(ours_vals - peer_vals).max())
+        row["exact_spearman"] = up.spearman(ours_vals, peer_vals)
+        ce = row["exact"]["cell_effect"]
+        # how closely our cell-embedding effect (1 - cos of the mean-pooled cells) ranks like upstream's
+        # mean gene cosine: the ceiling for a screen that estimates the former
+        row["cell_effect_spearman"] = up.spearman([ce[k] for k in keys], 1 - peer_vals)
+        row["exact_per_s"] = len(genes) / row["exact"]["seconds"]
+    if "screen" in row:
+        est = row["screen"]["estimate"]
+        row["screen_spearman"] = up.spearman([est[k] for k in keys], 1 - peer_vals)
+        top = [k for k in row["screen"]["gene_cos_mean"] if k in pv]
+        row["screen_topk_max_abs_diff"] = float(max(abs(row["screen"]["gene_cos_mean"][k] - pv[k]) for k in top)) if top else nan
+        n20 = min(20, len(keys))
+        peer_top = set(np.array(keys)[np.argsort(peer_vals, kind="stable")[:n20]].tolist())  # lowest cosine = largest effect
+        row["screen_top20_recall"] = len(peer_top & set(row["screen"]["gene_cos_mean"])) / n20
+        row["screen_per_s"] = len(genes) / row["screen"]["seconds"]
     if "cls" in row["peer"] and "exact_cls" in row:
         pc = row["peer"]["cls"]
         oc = row["exact_cls"]["cell_effect"]
@@ -535,8 +560,6 @@ def _peer_agreement(row: dict, args, config, genes) -> dict:
     # rates and work
     n_peer = row["peer"]["n"]
     row["peer_per_s"] = n_peer / row["peer"]["seconds"]
-    row["exact_per_s"] = len(genes) / row["exact"]["seconds"]
-    row["screen_per_s"] = len(genes) / row["screen"]["seconds"]
     n_layers = config.num_hidden_layers
     L = cell_len - 1
     row["peer_gflop"] = up.encoder_gflop(config, L, n_layers, mlm_head=True)
@@ -583,13 +606,15 @@ def print_peer_rows(rows: list[dict], args, machine: dict) -> None:
                   f"(exact {r['exact_per_s'] / r['peer_per_s']:.2f}x, screen {r['screen_per_s'] / r['peer_per_s']:.1f}x it; "
                   f"exact max abs diff {r['exact_max_abs_diff']:.1e})")
             continue
-        print(up.bound_line(f"{r['case']} exact ({prec})", r["exact_per_s"] / r["peer_per_s"], EXACT_GOAL, r["exact_gflop"],
-                            1 / r["exact_per_s"], r["peer_gflop"], ps, rate, prec))
-        ok = r["exact_max_abs_diff"] <= 1e-5 if prec == "fp32" else r["exact_spearman"] >= 0.999
-        print(f"{r['case']} exact agreement ({prec}): max abs diff {r['exact_max_abs_diff']:.1e}, Spearman {r['exact_spearman']:.6f}: "
-              + ("met" if ok else "missed"))
-        print(up.bound_line(f"{r['case']} screen ({prec})", r["screen_per_s"] / r["peer_per_s"], SCREEN_GOAL, r["screen_gflop"],
-                            1 / r["screen_per_s"], r["peer_gflop"], ps, rate, prec))
+        if "exact" in r:
+            print(up.bound_line(f"{r['case']} exact ({prec})", r["exact_per_s"] / r["peer_per_s"], EXACT_GOAL,
+                                r["exact_gflop"], 1 / r["exact_per_s"], r["peer_gflop"], ps, rate, prec))
+            ok = r["exact_max_abs_diff"] <= 1e-5 if prec == "fp32" else r["exact_spearman"] >= 0.999
+            print(f"{r['case']} exact agreement ({prec}): max abs diff {r['exact_max_abs_diff']:.1e}, "
+                  f"Spearman {r['exact_spearman']:.6f}: " + ("met" if ok else "missed"))
+        if "screen" in r:
+            print(up.bound_line(f"{r['case']} screen ({prec})", r["screen_per_s"] / r["peer_per_s"], SCREEN_GOAL, r["screen_gflop"],
+                                1 / r["screen_per_s"], r["peer_gflop"], ps, rate, prec))
 
 
 def main() -> None:
@@ -611,7 +636,7 @@ def main() -> None:
                     help="anchor positions of the screen's exact position-shift term (screen_cell(anchors=N), "
                          "as PerturbConfig.screen_anchors); the screen is also measured with 0 (first-order term)")
     ap.add_argument("--v1-cell-length", type=int, default=1101, help="v1-cell: the pbmc3k cell of this many tokens")
-    ap.add_argument("--kang-length", type=int, default=200,
+    ap.add_argument("--kang-length", type=int, default=128,
                     help="v2-kang: the Kang cell whose length (<cls>/<eos> included) is closest to this")
     ap.add_argument("--peer-batch", type=int, default=8,
                     help="v1-cell/v2-kang: perturbations per forward pass, ours and upstream's forward_batch_size")
@@ -622,6 +647,10 @@ def main() -> None:
                     help="v1-cell/v2-kang: ours, fp32, bf16 or auto; several comma-separated (fp32,bf16) run ours "
                          "once each against one peer run (the peer runs fp32)")
     ap.add_argument("--workdir", help="v1-cell/v2-kang: model folders and upstream's files (default: temporary)")
+    ap.add_argument("--modes", default="exact,screen", help="v1-cell/v2-kang: ours in these modes (exact, screen)")
+    ap.add_argument("--reuse-upstream", metavar="DIR",
+                    help="v1-cell/v2-kang: take upstream's result from DIR/<case>_result.json (kept by an earlier run "
+                         "with --workdir DIR) instead of running upstream again; said so in the output")
     up.add_arguments(ap)
     ap.add_argument("--inputs", help="read inputs from a folder written by --export-inputs instead of ../shared/data")
     ap.add_argument("--export-inputs", metavar="FOLDER",
@@ -637,6 +666,9 @@ def main() -> None:
     if not args.precisions or set(args.precisions) - {"fp32", "bf16", "auto"}:
         ap.error(f"--precision takes fp32, bf16, auto or a comma-separated list of them, got {args.precision!r}")
     args.precisions = list(dict.fromkeys(up.resolved_precision(x, args.device) for x in args.precisions))
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not args.modes or set(args.modes) - {"exact", "screen"}:
+        ap.error(f"--modes takes exact, screen or both, got {args.modes}")
     default = "v1-cell,v2-kang" if args.upstream else "tiny,trained,v1"
     cases = [ALIASES.get(c.strip(), c.strip()) for c in (args.cases or default).split(",") if c.strip()]
     unknown = sorted(set(cases) - set(CASES))
