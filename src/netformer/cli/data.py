@@ -23,7 +23,7 @@ def tokenize(
     obs_column: Annotated[List[str], typer.Option("--obs-column", help="obs column to keep (repeatable).")] = [],
     gene_id_column: Annotated[str, typer.Option(help="var column with gene ids ('auto': detect; 'none': the "
                                                      "var index).")] = "auto",
-    chunk_size: Annotated[int, typer.Option(help="Cells per chunk (bounds memory).")] = 1024,
+    chunk_size: Annotated[int, typer.Option(help="Cells per chunk (bounds memory).")] = 4096,
     layer: Annotated[Optional[str], typer.Option("--layer", help="Read counts from this AnnData layer (e.g. counts) "
                                                                  "instead of X.")] = None,
     n_counts_fallback: Annotated[Optional[NCountsFallback], typer.Option(
