@@ -174,36 +174,80 @@ def _bn_stats(bn: nn.BatchNorm1d, mean: torch.Tensor, var: torch.Tensor, n: torc
     return mean, var
 
 
-class _NormReluContract(torch.autograd.Function):
-    """``out[g, u] = sum_c relu(BN(P)[g, u, c]) * V[g, c]`` for ``P`` (G, U, C), train-mode BatchNorm
-    whose statistics weight column ``u`` by ``w[u]`` (the cells sharing it), with a hand-written
-    backward that needs a third of autograd's passes over the (G, U, C) tensors. Returns ``out``
-    (G, U) and the batch mean and biased variance (C,) for the running statistics."""
+class _Workspace:
+    """Reusable buffers for the decoder's large (G, U, 2h) tensors of one training step.
+
+    Fresh multi-megabyte tensors cost page faults on every batch (the allocator hands the memory
+    back to the system between steps), as much as the arithmetic on them; the buffers are taken by
+    a forward pass and given back by its backward. A forward while they are taken (two forwards
+    before a backward, or a graph dropped without backward) allocates fresh tensors instead.
+    """
+
+    def __init__(self):
+        self.flat: dict[str, torch.Tensor] = {}
+        self.busy = False
+
+    def get(self, name: str, shape, like: torch.Tensor) -> torch.Tensor:
+        n = int(np.prod(shape))
+        buf = self.flat.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self.flat[name] = torch.empty(n, dtype=like.dtype, device=like.device)
+        return buf[:n].view(shape)
+
+
+class _DecoderLayer(torch.autograd.Function):
+    """``out[g, u] = sum_c relu(BN(Y W^T + b)[g, u, c]) * V[g, c]`` for ``Y`` (G, U, h): the shared
+    MLP's first layer, train-mode BatchNorm whose statistics weight column ``u`` by ``w[u]`` (the
+    cells sharing it), ReLU and the folded gene decoder, with a hand-written backward (a third of
+    autograd's passes over the (G, U, 2h) tensors, in reused buffers). Returns ``out`` (G, U) and
+    the batch mean and biased variance (2h,) for the running statistics."""
 
     @staticmethod
-    def forward(ctx, P, w, gamma, beta, V, eps):
-        n = w.sum() * P.shape[0]
-        mean = w @ P.sum(0) / n
-        D = P - mean
-        var = w @ (D * D).sum(0) / n
+    def forward(ctx, Y, W, b, w, gamma, beta, V, eps, ws):
+        G, U, h = Y.shape
+        C = W.shape[0]
+        ws = ws if ws is not None and not ws.busy else None
+        take = (lambda name: ws.get(name, (G, U, C), Y)) if ws is not None else (lambda name: Y.new_empty(G, U, C))
+        if ws is not None:
+            ws.busy = True
+        D = take("D")
+        torch.addmm(b, Y.reshape(G * U, h), W.T, out=D.view(G * U, C))  # P = lin1(Y)
+        n = w.sum() * G
+        mean = w @ D.sum(0) / n
+        D.sub_(mean)  # D = P - mean
+        Z = take("Z")
+        var = w @ torch.mul(D, D, out=Z).sum(0) / n
         s = torch.rsqrt(var + eps)
         k = gamma * s
-        Z = torch.addcmul(beta, D, k).relu_()
+        torch.addcmul(beta, D, k, out=Z).relu_()
         out = torch.linalg.vecdot(Z, V[:, None, :])
-        ctx.save_for_backward(D, Z, w, V, s, k, n)
+        ctx.save_for_backward(Y, W, D, Z, w, V, s, k, n)
+        ctx.ws = ws
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
     @staticmethod
     def backward(ctx, g_out, _g_mean, _g_var):
-        D, Z, w, V, s, k, n = ctx.saved_tensors
-        gZ = torch.ops.aten.threshold_backward(g_out[..., None] * V[:, None, :], Z, 0)  # ReLU's (bool masks are slow on CPU)
-        gV = (Z * g_out[..., None]).sum(1)
+        Y, W, D, Z, w, V, s, k, n = ctx.saved_tensors
+        ws = ctx.ws
+        G, U, h = Y.shape
+        C = W.shape[0]
+        take = (lambda name: ws.get(name, (G, U, C), Y)) if ws is not None else (lambda name: Y.new_empty(G, U, C))
+        gZ, H = take("gZ"), take("H")
+        torch.mul(g_out[..., None], V[:, None, :], out=gZ)
+        torch.ops.aten.threshold_backward.grad_input(gZ, Z, 0, grad_input=gZ)  # ReLU's (bool masks are slow on CPU)
+        gV = torch.mul(Z, g_out[..., None], out=H).sum(1)
         sG = gZ.sum((0, 1))  # d/d beta
-        sGD = (gZ * D).sum((0, 1))  # d/d gamma = s * sGD
+        sGD = torch.mul(gZ, D, out=H).sum((0, 1))  # d/d gamma = s * sGD
         # BatchNorm input gradient with weighted statistics: k * (gZ - w/n * (sG + xhat * sum(gZ * xhat)))
-        t = torch.addcmul(sG, D, s * s * sGD).mul_(k * (w / n)[:, None])
-        return gZ.mul_(k).sub_(t), None, s * sGD, sG, gV, None
+        torch.addcmul(sG, D, s * s * sGD, out=H).mul_(k * (w / n)[:, None])
+        gP = gZ.mul_(k).sub_(H).view(G * U, C)
+        gY = (gP @ W).view(G, U, h)
+        gW = gP.T @ Y.reshape(G * U, h)
+        gb = gP.sum(0)
+        if ws is not None:
+            ws.busy = False
+        return gY, gW, gb, None, s * sGD, sG, gV, None, None
 
 
 def _sparse(A) -> torch.Tensor:
@@ -245,6 +289,7 @@ class GEARSNetwork(nn.Module):
         self.indv_b2 = nn.Parameter(torch.zeros(n_genes))
         nn.init.xavier_normal_(self.indv_w1)
         nn.init.xavier_normal_(self.indv_w2)
+        self._ws = _Workspace()
 
     # -- branches shared by every cell of a batch ------------------------------------------------
     def gene_base(self) -> torch.Tensor:
@@ -307,12 +352,11 @@ class GEARSNetwork(nn.Module):
         Y = torch.relu(a[:, None, :] + c[None, :, :])  # (G, U, h)
         lin1, bn1, lin2 = self.recovery_w[0], self.recovery_w[1], self.recovery_w[3]
         V = self.indv_w1 @ lin2.weight  # (G, 2h): gene decoder folded into the last layer
-        P = lin1(Y)  # (G, U, 2h)
         if bn1.training:
-            out, m1, v1 = _NormReluContract.apply(P, w, bn1.weight, bn1.bias, V, bn1.eps)
+            out, m1, v1 = _DecoderLayer.apply(Y, lin1.weight, lin1.bias, w, bn1.weight, bn1.bias, V, bn1.eps, self._ws)
             _bn_stats(bn1, m1, v1, N * G)
         else:
-            Z = torch.relu(torch.addcmul(bn1.bias, P - bn1.running_mean, torch.rsqrt(bn1.running_var + bn1.eps) * bn1.weight))
+            Z = torch.relu(torch.addcmul(bn1.bias, lin1(Y) - bn1.running_mean, torch.rsqrt(bn1.running_var + bn1.eps) * bn1.weight))
             out = torch.linalg.vecdot(Z, V[:, None, :])
         out = out.T + (self.indv_w1 @ lin2.bias + self.indv_b1)  # (U, G)
         if inverse is not None:
@@ -384,7 +428,10 @@ class EpochTrainer:
     def __init__(self, net: GEARSNetwork, ts: _TrainSet, control: np.ndarray, cfg: GEARSConfig, device, forward=None):
         self.net, self.ts, self.cfg, self.dev = net, ts, cfg, device
         self.forward = forward or (lambda n, x, p: n(x, p))
-        self.opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        try:  # one fused kernel per parameter (CPU and CUDA); the per-tensor loop elsewhere
+            self.opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            self.opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.rng = np.random.default_rng(cfg.seed + 1)
         self.X = torch.from_numpy(ts.X).to(device)
         self.cond = torch.from_numpy(ts.cond).to(device)
