@@ -58,6 +58,8 @@ def worker(args) -> None:
     labels = pd.Series(data.dataset["cell_type"])
     keep = np.flatnonzero(labels.map(labels.value_counts()) >= 10)
     keep = np.sort(np.random.default_rng(0).choice(keep, size=min(args.cells, keep.size), replace=False))
+    sample = labels.iloc[keep]
+    keep = keep[sample.map(sample.value_counts()).to_numpy() >= 3 * args.folds]  # every class in every fold
     data = data.subset(keep)
     cfg = FinetuneConfig(epochs=args.epochs, batch_size=8, learning_rate=args.lr, device=args.device,
                          precision=args.precision, lora=args.rank if args.variant == "lora" else None, seed=0)
