@@ -497,10 +497,10 @@ def case_peer(case: str, inputs: Inputs, args, peer, work: Path) -> list[dict]:
         row["peer"] = {"name": f"upstream InSilicoPerturber (emb_mode {emb_mode}, batch {args.peer_batch})"
                                + (", reused from an earlier run" if res.get("reused") else ""),
                        "seconds": res["call_s"], "n": len(vals), "values": {int(k): v for k, v in vals.items()},
-                       "process_s": res["process_s"], "pickles": len(res["pickles"]), "upstream": True}
+                       "process_s": res.get("process_s", float("nan")), "pickles": len(res["pickles"]), "upstream": True}
         if vocab.has_cls_eos:
             row["peer"]["cls"] = {int(k): v for k, v in res["cell_cos"].items()}
-        print(f"{case}: upstream perturb_data {res['call_s']:.1f} s (process {res['process_s']:.1f} s, "
+        print(f"{case}: upstream perturb_data {res['call_s']:.1f} s (process {res.get('process_s', float('nan')):.1f} s, "
               f"{len(res['pickles'])} pickles read; transformers {res['transformers']}, device {res['upstream_device']})",
               flush=True)
     else:
@@ -564,7 +564,8 @@ def _peer_agreement(row: dict, args, config, genes) -> dict:
     L = cell_len - 1
     row["peer_gflop"] = up.encoder_gflop(config, L, n_layers, mlm_head=True)
     row["exact_gflop"] = up.encoder_gflop(config, L, n_layers - 1, mlm_head=False)
-    # screen without states: one pass for the estimate, the original and top-K perturbed cells exactly
+    # screen without states: the original and the top-K perturbed cells exactly, plus one pass for the
+    # estimate; a lower bound (the sketch of 6796a48 adds a backward pass and anchor passes, not counted)
     row["screen_gflop"] = (2 + min(args.top_k, len(genes))) * up.encoder_gflop(config, L, n_layers - 1, False) / len(genes)
     return row
 
