@@ -380,7 +380,9 @@ def perturb(
 
     final = Path(out_dir) if out_dir is not None else None
     chunks = [cells[i: i + cfg.chunk_cells] for i in range(0, len(cells), cfg.chunk_cells)]
-    out, manifest = _open_run(final, _run_settings(cfg, cells, base, states, dataset), overwrite)
+    # the fingerprint (a hash of every weight and of the cells' tokens) only for a resumable run
+    settings = _run_settings(cfg, cells, base, states, dataset) if final is not None else {}
+    out, manifest = _open_run(final, settings, overwrite)
     if manifest.get("finished"):  # a replacement that completed just before a kill: it is the result
         return _finished(final)
     base = inference_model(base, cfg.precision)  # after the run's fingerprint, which is of the given weights
