@@ -41,7 +41,9 @@ perturbation, so the decoder runs once per distinct perturbation of the batch (B
 statistics weighted by the number of cells sharing it: the same function, gradients and running
 statistics as per cell); the first BatchNorm's statistics over the gene x perturbation grid come
 from those of the two factors; the shared MLP's last linear layer is folded into the
-gene-specific decoder (one contraction); the cross-gene MLP runs per cell. Training follows
+gene-specific decoder (one contraction), and that layer's linear map, BatchNorm, ReLU and
+contraction are one autograd function with a hand-written backward whose large tensors live in
+buffers reused across steps; the cross-gene MLP runs per cell. Training follows
 GEARS's recipe: Adam, gradients clipped elementwise to 1, learning rate halved after every epoch,
 and (with validation conditions) the best-validation epoch kept. Prediction needs no sampling: the input cell enters only through the residual, so the
 mean prediction over control cells is the control mean plus the network's output (upstream
