@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from ._io import atomic_dir
-from .encoder import default_device
+from .encoder import base_model, default_device
 from .errors import ConfigError, CorruptFileError, DictionaryError, MissingFileError
 from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter_dir, is_peft, load_adapter
 from .genes import GeneVocab, load_pickle_dict
@@ -108,19 +108,12 @@ def fix_positions(model, fill: bool = False):
     if kind not in POSITION_ENCODINGS:
         raise ConfigError(f"position_encoding must be one of {POSITION_ENCODINGS}, got {kind!r}")
     if kind == "sinusoidal":
-        table = base_model_of(model).embeddings.position_embeddings.weight
+        table = base_model(model).embeddings.position_embeddings.weight
         if fill:
             with torch.no_grad():
                 table.copy_(sinusoidal_positions(*table.shape).to(table.dtype))
         table.requires_grad_(False)
     return model
-
-
-def base_model_of(model):
-    """The ``BertModel`` inside a Bert head model (or the model itself)."""
-    from .encoder import base_model
-
-    return base_model(model)
 
 
 def model_config(preset: str = "small", vocab: GeneVocab | None = None, **overrides) -> "BertConfig":  # noqa: F821

@@ -262,16 +262,13 @@ def _anchored_shift(base, ids, gene_mask: torch.Tensor, goal: torch.Tensor, posi
     return np.interp(positions, qs, np.asarray(vals))
 
 
-def _pooled_deletion(h: torch.Tensor, gene_mask: torch.Tensor, positions: np.ndarray, goal: torch.Tensor | None):
-    """Pooling term of deleting each gene: the mean without its own hidden state, the others unchanged.
-
-    With ``goal``: (n_genes,) cosine of that mean with the goal; without: ``1 - cos`` with the
-    original cell embedding."""
+def _pooled_deletion(h: torch.Tensor, gene_mask: torch.Tensor, positions: np.ndarray, goal: torch.Tensor):
+    """Pooling term of deleting each gene: the mean without its own hidden state, the others unchanged;
+    (n_genes,) cosine of that mean with the goal (the no-goal screen sketches it as a vector,
+    :func:`_change_sketch`)."""
     n = gene_mask.sum()
     e = masked_mean(h, gene_mask)
     ep = (e[None, :] * n - h[positions]) / (n - 1)
-    if goal is None:
-        return 1 - torch.nn.functional.cosine_similarity(ep, e[None, :], dim=-1)
     return torch.nn.functional.cosine_similarity(ep, goal[None, :], dim=-1)
 
 
