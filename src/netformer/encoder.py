@@ -47,10 +47,16 @@ def base_model(model):
 # device
 # ------------------------------------------------------------------------------------------------
 def default_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else CUDA when available, else CPU (never hard-coded)."""
+    """``device`` if given, else CUDA when available (GPU ``LOCAL_RANK`` for a rank of a torchrun job), else
+    CPU (never hard-coded)."""
     if device is not None:
         return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        from .distributed import world
+
+        w = world()  # one GPU per rank of a torchrun job: GPU LOCAL_RANK
+        return torch.device("cuda", w.local_rank % torch.cuda.device_count()) if w.distributed else torch.device("cuda")
+    return torch.device("cpu")
 
 
 def model_device(model, device: str | torch.device | None = None) -> torch.device:

@@ -8,6 +8,9 @@ determines the result (settings, model, cells). :func:`open_run` decides what a 
 - the same fingerprint: resume (skip finished pieces), or read back a finished result;
 - other settings over an unfinished run: :class:`~netformer.errors.ConfigError` naming them;
 - a finished run with other settings, or foreign files: :class:`~netformer.errors.OutputExistsError`;
+- the processes of one ``torchrun`` job share one run (:func:`open_shared_run`): rank 0 opens it, the
+  others join, and each marks the pieces it finishes with its own file (:func:`mark_done`), so no two
+  processes write one file and a resume may use another number of processes;
 - ``overwrite``: the new run works in a staging folder beside the old one (``.NAME.overwrite``,
   itself resumable) and replaces it only when complete (:meth:`RunFolder.commit`), so a kill -9 at
   any moment leaves one complete result.
@@ -23,7 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from ._io import atomic_file, check_output, clean_stale_temporaries, remove_dir, replace_dir
+from ._io import (
+    atomic_file,
+    check_output,
+    clean_stale_temporaries,
+    remove_dir,
+    replace_dir,
+)
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -40,6 +49,17 @@ def tokens_digest(dataset, rows) -> str:
     h = hashlib.sha256(rows.tobytes())
     for ids in dataset.select(rows.tolist()).with_format("arrow")[:]["input_ids"].to_pylist():
         h.update(np.asarray(ids, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def parameters_digest(model) -> str:
+    """16 hex digits of SHA-256 over every parameter's name and bytes (as float32 on the CPU, so a run may
+    resume on another device): what a resumed run must find again in its model."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        t = p.detach().cpu()
+        h.update(name.encode())
+        h.update((t.float() if t.is_floating_point() else t).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -167,4 +187,42 @@ def open_run(final: str | Path, settings: dict, overwrite: bool, done_file: str,
     folder.mkdir(parents=True, exist_ok=True)
     run = RunFolder(final, folder, {"fingerprint": fp, "settings": settings})
     run.write_manifest()
+    return run
+
+
+DONE_DIR = "done"
+
+
+def mark_done(folder: Path, piece: int, info: Mapping) -> None:
+    """Record piece ``piece`` of a run as finished (``folder/done/NNNNN.json`` holding ``info``), after its
+    outputs are written: one file per piece, so the ranks of a job never write the same file."""
+    write_json(folder / DONE_DIR / f"{piece:05d}.json", dict(info))
+
+
+def done_pieces(folder: Path | None, manifest: Mapping | None = None) -> dict[int, dict]:
+    """The finished pieces of a run folder: piece -> the ``info`` given to :func:`mark_done` (plus those a
+    manifest of an older version lists under ``"done"``)."""
+    out = {int(k): v for k, v in (manifest or {}).get("done", {}).items()}
+    d = None if folder is None else folder / DONE_DIR
+    if d is not None and d.is_dir():
+        for f in sorted(d.glob("[0-9]*.json")):
+            try:
+                out[int(f.stem)] = json.loads(f.read_text())
+            except ValueError:  # cannot happen with atomic writes; a damaged marker means "not done"
+                log.warning("%s is unreadable; piece %s is computed again", f, f.stem)
+    return out
+
+
+def open_shared_run(final: str | Path, settings: dict, overwrite: bool, done_file: str, what: str) -> RunFolder:
+    """:func:`open_run` for every rank of a ``torchrun`` job: rank 0 opens (creates, resumes or stages) the
+    run, then the other ranks open the same folder, and nobody writes into it before all have (the
+    temporaries a resume cleans are a killed run's, never a live rank's). One process: :func:`open_run`."""
+    from .distributed import barrier, world
+
+    w = world()
+    run = open_run(final, settings, overwrite, done_file, what) if w.is_main else None
+    barrier()
+    if not w.is_main:
+        run = open_run(final, settings, overwrite, done_file, what)
+    barrier()
     return run

@@ -75,6 +75,8 @@ def embed(
     genes: Annotated[bool, typer.Option("--genes", help="Gene embeddings (averaged over cells) instead of "
                                                         "cells.")] = False,
     batch_size: Annotated[int, typer.Option()] = 32,
+    chunk_cells: Annotated[int, typer.Option(help="Cells per resumable chunk (a killed run continues; under "
+                                                  "torchrun the ranks share the chunks).")] = 4096,
     umap_by: Annotated[Optional[str], typer.Option(help="Dataset column to colour a UMAP PNG by (written "
                                                         "beside --out).")] = None,
     vocab: VocabDir = None,
@@ -92,7 +94,8 @@ def embed(
     import anndata as ad
     import pandas as pd
 
-    from .._io import atomic_file, check_output
+    from .._io import atomic_file, check_output, remove_dir
+    from ..distributed import world
     from ..embed import EmbeddingConfig, embed_cells, embed_genes, umap_plot
     from ..errors import ConfigError, InputDataError
     from ..model import load_model
@@ -109,8 +112,12 @@ def embed(
         raise InputDataError(f"--umap-by {umap_by}: the cells have no such column (columns: {ds.column_names})")
     path, chosen = model_and_vocab(model, subfolder, data, vocab)
     cfg = EmbeddingConfig(layer=layer, pooling=value(pooling), batch_size=batch_size, device=device,
-                          precision=value(precision))
+                          precision=value(precision), chunk_cells=chunk_cells)
+    w = world()
+    if genes and w.distributed:
+        raise ConfigError("--genes runs in one process (its sums over cells are not sharded); run it without torchrun")
     m = load_model(path, device=device)
+    work = output.parent / f".{output.name}.run"  # the resumable chunks, removed once --out is written
     if genes:
         frame = embed_genes(m, ds, cfg, vocab=chosen)
         dims = frame.filter(like="dim_")
@@ -118,7 +125,9 @@ def embed(
             if output.suffix == ".h5ad" else frame  # indexed by gene
         what = f"{len(frame)} gene embeddings"
     else:
-        emb = embed_cells(m, ds, cfg, vocab=chosen)
+        emb = embed_cells(m, ds, cfg, vocab=chosen, run_dir=work)
+        if not w.is_main:  # rank 0 writes the merged table
+            return
         meta = ds.remove_columns(["input_ids"]).to_pandas()
         if output.suffix == ".h5ad":
             obs = meta.set_index("cell_id") if "cell_id" in meta else meta.set_axis(meta.index.astype(str))
@@ -134,6 +143,7 @@ def embed(
             table.to_csv(tmp, index=genes)
         else:
             table.to_parquet(tmp, index=genes)
+    remove_dir(work)
     if umap_by:
         umap_plot(emb, meta[umap_by], output.with_suffix(f".umap_{umap_by}.png"), title=f"cell embeddings by {umap_by}")
     typer.echo(f"{what} -> {output}")

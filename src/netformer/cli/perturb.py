@@ -53,6 +53,7 @@ def perturb(
     equal, a --filter without '='), DictionaryError (no dictionary: --vocab; cells tokenized with
     another one), GeneIdError (unknown or unexpressed genes), InputDataError (columns, states).
     """
+    from ..distributed import world
     from ..errors import ConfigError
     from ..perturb import CellStates, PerturbConfig, StatsConfig, gene_stats, write_stats
     from ..perturb import perturb as run_perturb
@@ -77,6 +78,8 @@ def perturb(
     ds = load_tokenized(data)
     path, chosen = model_and_vocab(model, subfolder, data, vocab)
     res = run_perturb(path, ds, cfg, states=states, vocab=chosen, out_dir=out, overwrite=overwrite)
+    if not world().is_main:  # under torchrun rank 0 writes the tables of the merged run
+        return
     table = gene_stats(res.results, StatsConfig(seed=seed))
     paths = write_stats(table, out, res.results)
     typer.echo(f"{len(res.results)} perturbations in {res.results['cell_index'].nunique()} cells; "

@@ -18,14 +18,19 @@ cheap estimate (:mod:`netformer.perturb.screen`: exact pooling term, first-order
 term, exact position shifts at a few anchors) and evaluates the top ``top_k`` exactly.
 
 With ``out_dir`` the run is resumable: cells are processed in chunks of ``chunk_cells``, each
-chunk's rows are written as a Parquet shard and recorded in ``manifest.json``; a run started again
+chunk's rows are written as a Parquet shard and marked done (``done/NNNNN.json``); a run started again
 with the same settings skips finished chunks. Final tables (``results.parquet``,
 ``gene_effects.parquet``, ``skipped.json``) are written atomically once all chunks are done.
+
+Under ``torchrun --nproc_per_node N -m netformer perturb ...`` (:mod:`netformer.distributed`) the
+ranks share the run folder: rank ``r`` computes chunks ``r, r + N, ...`` (the chunks depend on the
+settings, not on ``N``), rank 0 merges every chunk in chunk order and writes the final tables. The
+merged tables equal a one-process run's (the same chunks, each computed the same way), and a run
+killed with N ranks resumes with any number.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
@@ -37,14 +42,16 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .._io import atomic_file, check_output, replace_dir
+from ..distributed import barrier, my_chunks, world
+from ..distributed import init as init_world
 from ..encoder import POOLINGS, base_model, check_dataset, model_device, n_kept_layers
 from ..errors import ConfigError, GeneIdError, InputDataError
 from ..genes import GeneVocab, resolve_vocab
 from ..model import load_model
-from ..runs import MANIFEST, open_run, tokens_digest, write_json
+from ..precision import PRECISIONS, inference_model, resolve_precision
+from ..runs import done_pieces, mark_done, open_shared_run, parameters_digest, tokens_digest, write_json
 from .engine import ExactEvaluator, cosine
 from .ops import PERTURBATIONS, CellLayout, perturb_cell
-from ..precision import PRECISIONS, inference_model, resolve_precision
 from .screen import screen_cell
 from .select_cells import CellStates, resolve_genes, select_cells
 
@@ -309,18 +316,8 @@ def _run_settings(cfg: PerturbConfig, cells: np.ndarray, base, states: CellState
     d = asdict(cfg)
     for k in ("device", "batch_size", "max_chunks"):
         d.pop(k)
-    return {"config": d, "model": _parameters_digest(base), "cells": tokens_digest(dataset, cells),
+    return {"config": d, "model": parameters_digest(base), "cells": tokens_digest(dataset, cells),
             "n_dataset": len(dataset), "states": asdict(states) if states else None}
-
-
-def _parameters_digest(model) -> str:
-    """SHA-256 of every parameter's bytes (as float32 on the CPU, so a run may resume on another device)."""
-    h = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
-        t = p.detach().cpu()
-        h.update(name.encode())
-        h.update((t.float() if t.is_floating_point() else t).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def perturb(
@@ -379,6 +376,10 @@ def perturb(
     _check_expressed(dataset, cells, genes_tok, anchor_tok, cfg, vocab)
 
     final = Path(out_dir) if out_dir is not None else None
+    w = init_world(device)
+    if w.distributed and final is None:
+        raise ConfigError(f"a perturbation run over {w.size} processes needs an output folder (out_dir=, CLI --out) "
+                          "where the ranks write their shards")
     chunks = [cells[i: i + cfg.chunk_cells] for i in range(0, len(cells), cfg.chunk_cells)]
     # the fingerprint (a hash of every weight and of the cells' tokens) only for a resumable run
     settings = _run_settings(cfg, cells, base, states, dataset) if final is not None else {}
@@ -390,27 +391,34 @@ def perturb(
     goal_vecs = _goal_vectors(states, state_pos)
 
     results, genes_parts, new_chunks = [], [], 0
-    skipped_total: dict[str, int] = {}
+    done = done_pieces(out, manifest)
+    mine = [ci for ci in my_chunks(len(chunks), w) if ci not in done]
+    if w.distributed:
+        log.info("rank %d of %d: %d of its %d chunks to compute", w.rank, w.size, len(mine),
+                 len(my_chunks(len(chunks), w)))
     with ExactEvaluator(base, vocab.special_ids, cfg.layer, cfg.pooling, cfg.batch_size, device) as ev:
-        for ci, chunk in enumerate(tqdm(chunks, desc="perturbing", unit="chunk", disable=None)):
-            if str(ci) in manifest["done"]:
-                skipped_total = _add(skipped_total, manifest["done"][str(ci)]["skipped"])
-                continue
+        for ci in tqdm(mine, desc="perturbing" if not w.distributed else f"perturbing (rank {w.rank})",
+                       unit="chunk", disable=None):
             if cfg.max_chunks is not None and new_chunks >= cfg.max_chunks:
                 break
-            chunk_df, chunk_g, skipped = _perturb_chunk(ev, dataset, chunk, genes_tok, anchor_tok, cfg, vocab,
+            chunk_df, chunk_g, skipped = _perturb_chunk(ev, dataset, chunks[ci], genes_tok, anchor_tok, cfg, vocab,
                                                         goal_vecs)
             if out is not None:
-                _write_chunk(out, manifest, ci, chunk_df, chunk_g, skipped)
+                _write_chunk(out, ci, chunk_df, chunk_g, skipped)
             else:
                 results.append(chunk_df)
                 genes_parts.append(chunk_g)
-            skipped_total = _add(skipped_total, skipped)
+                done[ci] = {"skipped": skipped}
             new_chunks += 1
-    complete = len(manifest["done"]) == len(chunks) if out is not None else new_chunks == len(chunks)
-    if out is not None:  # every finished chunk, this session's and earlier ones
-        results = [pd.read_parquet(f) for f in sorted((out / "shards").glob("results_*.parquet"))]
-        genes_parts = [pd.read_parquet(f) for f in sorted((out / "shards").glob("genes_*.parquet"))]
+    barrier()  # every rank's shards are on disk
+    if out is not None:  # every finished chunk: this session's, other ranks' and earlier ones, in chunk order
+        done = done_pieces(out, manifest)
+        results = [_read_shard(out, "results", ci) for ci in sorted(done)]
+        genes_parts = [_read_shard(out, "genes", ci) for ci in sorted(done)]
+    complete = len(done) == len(chunks)
+    skipped_total: dict[str, int] = {}
+    for ci in sorted(done):
+        skipped_total = _add(skipped_total, done[ci]["skipped"])
     res_df = _concat(results)
     gen_df = _concat(genes_parts)
     if skipped_total:
@@ -419,10 +427,12 @@ def perturb(
         raise InputDataError(f"no perturbation was evaluated: every selected cell was skipped ({skipped_total})")
     res_df = res_df if res_df is not None else pd.DataFrame()
     if out is not None and complete:
-        _write_final(out, res_df, gen_df, skipped_total)
-        if out != final:
-            replace_dir(out, final)
-            out = final
+        if w.is_main:  # rank 0 merges and writes the final tables; the others wait, then read them
+            _write_final(out, res_df, gen_df, skipped_total)
+            if out != final:
+                replace_dir(out, final)
+        barrier()
+        out = final
     return PerturbResult(res_df, gen_df, skipped_total, complete, state_pos, out)
 
 
@@ -448,7 +458,7 @@ def _open_run(final: Path | None, settings: dict, overwrite: bool) -> tuple[Path
     (:class:`OutputExistsError`)."""
     if final is None:
         return None, {"done": {}}
-    run = open_run(final, settings, overwrite, "results.parquet", "perturbation run")
+    run = open_shared_run(final, settings, overwrite, "results.parquet", "perturbation run")
     if run.finished:
         if not overwrite:
             check_output(final, overwrite=False)
@@ -474,6 +484,16 @@ def _state_positions(base, dataset, states: CellStates, vocab: GeneVocab, cfg: P
                      out: Path | None) -> dict[str, np.ndarray]:
     """Each state's mean cell embedding, read back from ``states.parquet`` when resuming."""
     spath = out / "states.parquet" if out is not None else None
+    w = world()
+    if w.distributed:  # rank 0 computes (or reads) them; the others read its file
+        if w.is_main:
+            _state_positions_here(base, dataset, states, vocab, cfg, device, spath)
+        barrier()
+    return _state_positions_here(base, dataset, states, vocab, cfg, device, spath)
+
+
+def _state_positions_here(base, dataset, states: CellStates, vocab: GeneVocab, cfg: PerturbConfig, device,
+                          spath: Path | None) -> dict[str, np.ndarray]:
     if spath is not None and spath.exists():
         sdf = pd.read_parquet(spath)
         return {s: sdf[s].to_numpy(np.float32) for s in sdf.columns}
@@ -520,16 +540,20 @@ def _perturb_chunk(ev: ExactEvaluator, dataset, chunk: np.ndarray, genes_tok, an
     return _concat(rows), _concat(gparts), skipped
 
 
-def _write_chunk(out: Path, manifest: dict, ci: int, chunk_df, chunk_g, skipped: dict[str, int]) -> None:
-    """Write a finished chunk's shards, then record it in the manifest (so a crash loses at most it)."""
+def _write_chunk(out: Path, ci: int, chunk_df, chunk_g, skipped: dict[str, int]) -> None:
+    """Write a finished chunk's shards, then mark it done (so a crash loses at most it)."""
     if chunk_df is not None:
         with atomic_file(out / "shards" / f"results_{ci:05d}.parquet") as tmp:
             chunk_df.to_parquet(tmp, index=False)
     if chunk_g is not None:
         with atomic_file(out / "shards" / f"genes_{ci:05d}.parquet") as tmp:
             chunk_g.to_parquet(tmp, index=False)
-    manifest["done"][str(ci)] = {"skipped": skipped, "rows": 0 if chunk_df is None else len(chunk_df)}
-    write_json(out / MANIFEST, manifest)
+    mark_done(out, ci, {"skipped": skipped, "rows": 0 if chunk_df is None else len(chunk_df)})
+
+
+def _read_shard(out: Path, kind: str, ci: int) -> pd.DataFrame | None:
+    path = out / "shards" / f"{kind}_{ci:05d}.parquet"
+    return pd.read_parquet(path) if path.exists() else None
 
 
 def _write_final(out: Path, res_df: pd.DataFrame, gen_df: pd.DataFrame | None, skipped: dict[str, int]) -> None:
