@@ -47,3 +47,7 @@ class CorruptFileError(NetformerError, OSError):
 
 class ConfigError(NetformerError, ValueError):
     """A configuration value is out of range or inconsistent with another one."""
+
+
+class ClusterError(NetformerError, ConnectionError):
+    """A Dask cluster cannot be reached (``--scheduler``), or its workers keep dying on a task."""

@@ -51,25 +51,29 @@ class CountSource:
         except (OSError, KeyError, ValueError) as exc:
             raise CorruptFileError(f"could not read rows {start}:{stop} of {self.name}: {exc}") from exc
 
-    def chunks(self, chunk_size: int = 1024, mask: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, sp.csr_matrix]]:
-        """Yield ``(row_indices, csr_chunk)`` over the file in order, ``chunk_size`` rows at a time.
+    def chunks(self, chunk_size: int = 1024, mask: np.ndarray | None = None, start: int = 0,
+               stop: int | None = None) -> Iterator[tuple[np.ndarray, sp.csr_matrix]]:
+        """Yield ``(row_indices, csr_chunk)`` over rows ``start:stop`` (default: the whole file) in order,
+        ``chunk_size`` rows at a time.
 
         With a boolean ``mask`` (n_obs,), only rows where it is True are returned (the chunk
-        is read contiguously and subset, so memory stays bounded by ``chunk_size``).
+        is read contiguously and subset, so memory stays bounded by ``chunk_size``). A row range that
+        starts on a multiple of ``chunk_size`` is cut into the same chunks as the whole file is.
         """
         if chunk_size < 1:
             raise InputDataError("chunk_size must be a positive number of cells")
-        for start in range(0, self.n_obs, chunk_size):
-            stop = min(start + chunk_size, self.n_obs)
-            rows = np.arange(start, stop)
+        stop = self.n_obs if stop is None else min(int(stop), self.n_obs)
+        for a in range(int(start), stop, chunk_size):
+            b = min(a + chunk_size, stop)
+            rows = np.arange(a, b)
             if mask is not None:
-                keep = mask[start:stop]
+                keep = mask[a:b]
                 if not keep.any():
                     continue
                 rows = rows[keep]
-                block = self.read_rows(start, stop)[keep]
+                block = self.read_rows(a, b)[keep]
             else:
-                block = self.read_rows(start, stop)
+                block = self.read_rows(a, b)
             yield rows, block
 
 

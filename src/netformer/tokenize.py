@@ -167,6 +167,110 @@ class TokenizeSummary:
         return out
 
 
+@dataclass
+class _SourcePlan:
+    """A file made ready for encoding by :meth:`TranscriptomeTokenizer._plan_source`: the gene aggregation
+    (n_vars, n_used) with the used genes' token ids and medians (ascending token id), the filter mask
+    (n_obs,) or None, each cell's ``n_counts`` and whether it falls back to its total, cell ids and the
+    kept obs columns (n_obs,) by output name."""
+
+    agg: sp.csr_matrix
+    tokens: np.ndarray
+    medians: np.ndarray
+    mask: np.ndarray | None
+    given: np.ndarray
+    bad: np.ndarray
+    cell_ids: np.ndarray
+    kept_obs: dict
+
+
+@dataclass
+class _RowTally:
+    """Counts of the rows of one file encoded by :meth:`TranscriptomeTokenizer._encode_rows`.
+
+    The mapped count fractions are kept per chunk and summed in chunk order by :meth:`close_file`, so a
+    file's summary is the same float for float whether its rows were encoded in one pass or in Dask tasks
+    of whole chunks (tallies of consecutive tasks joined with :meth:`extend`)."""
+
+    n_cells_out: int = 0
+    n_cells_no_genes: int = 0
+    n_truncated: int = 0
+    length_sum: int = 0
+    mapped_fractions: list = field(default_factory=list)
+
+    def extend(self, other: _RowTally) -> None:
+        """Append the tally of the rows that follow."""
+        self.n_cells_out += other.n_cells_out
+        self.n_cells_no_genes += other.n_cells_no_genes
+        self.n_truncated += other.n_truncated
+        self.length_sum += other.length_sum
+        self.mapped_fractions.extend(other.mapped_fractions)
+
+    def close_file(self, summary: TokenizeSummary, name: str) -> None:
+        """Add the file's rows to its ``summary`` (means over its cells) and log skipped cells."""
+        summary.n_cells_out += self.n_cells_out
+        summary.n_cells_no_genes += self.n_cells_no_genes
+        summary.n_truncated += self.n_truncated
+        mapped = 0.0
+        for f in self.mapped_fractions:  # in chunk order, as one pass adds them
+            mapped += f
+        n = max(summary.n_cells_out, 1)
+        summary.mean_length = self.length_sum / n
+        summary.mapped_count_fraction = mapped / n
+        summary.files.append(name)
+        if summary.n_cells_no_genes:
+            log.warning("%s: skipped %d cells with no gene in the token dictionary", name, summary.n_cells_no_genes)
+
+
+def _write_shards(tables: Iterable[pa.Table], folder: Path, stem: str, shard_limit: int,
+                  schema: pa.Schema | None = None) -> tuple[list[Path], pa.Schema | None]:
+    """Write Arrow tables into shards ``folder/{stem}-{k:05d}.arrow.part`` (``datasets``' ArrowWriter, the
+    format ``save_to_disk`` writes), starting a new shard once one holds ``shard_limit`` bytes.
+
+    Tables are cast to ``schema``, default the first table's (an empty writer cannot infer one). Returns
+    the shards written, in order, and the schema (None if no table came)."""
+    from datasets.arrow_writer import ArrowWriter
+
+    writer, parts = None, []
+    try:
+        for table in tables:
+            if schema is None:
+                schema = table.schema
+            elif table.schema != schema:
+                table = table.cast(schema)
+            if writer is None:
+                parts.append(folder / f"{stem}-{len(parts):05d}.arrow.part")
+                writer = ArrowWriter(schema=schema, path=str(parts[-1]))
+            writer.write_table(table)
+            if getattr(writer, "_num_bytes", 0) >= shard_limit:
+                writer.finalize()
+                writer.close()
+                writer = None
+        if writer is not None:
+            writer.finalize()
+    finally:
+        if writer is not None:
+            writer.close()
+    return parts, schema
+
+
+def _cast_shard(path: Path, schema: pa.Schema) -> None:
+    """Rewrite the Arrow shard ``path`` with its columns cast to ``schema``, batch by batch (temp + rename)."""
+    from datasets.arrow_writer import ArrowWriter
+
+    tmp = path.with_name(path.name + ".cast.part")
+    with pa.memory_map(str(path)) as source:
+        reader = pa.ipc.open_stream(source)
+        writer = ArrowWriter(schema=schema, path=str(tmp))
+        try:
+            for batch in reader:
+                writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+            writer.finalize()
+        finally:
+            writer.close()
+    os.replace(tmp, path)
+
+
 # --------------------------------------------------------------------------------------------
 # The core: rank value encoding of a normalised sparse block
 # --------------------------------------------------------------------------------------------
@@ -548,8 +652,8 @@ class TranscriptomeTokenizer:
         self.summary = TokenizeSummary()
 
     # -- gene handling -------------------------------------------------------------------------
-    def _gene_ids(self, var: pd.DataFrame, name: str) -> np.ndarray:
-        ids = select_gene_ids(var, self.config.gene_id_column, name)
+    def _gene_ids(self, var: pd.DataFrame, name: str, notes: bool = True) -> np.ndarray:
+        ids = select_gene_ids(var, self.config.gene_id_column, name, notes)
         if (self.config.gene_id_column == "auto" and not looks_like_ensembl(ids)
                 and self.vocab.ensembl_mapping is None
                 and not any(str(g).upper() in self.vocab.token_dict for g in ids[:2000] if g is not None)):
@@ -561,9 +665,9 @@ class TranscriptomeTokenizer:
             )
         return ids
 
-    def _aggregation(self, var: pd.DataFrame, name: str, summary: TokenizeSummary):
+    def _aggregation(self, var: pd.DataFrame, name: str, summary: TokenizeSummary, notes: bool = True):
         """Sparse (n_vars, n_used) 0/1 matrix summing file genes into vocabulary genes."""
-        mapped = self.vocab.map_ids(self._gene_ids(var, name))
+        mapped = self.vocab.map_ids(self._gene_ids(var, name, notes))
         ok = np.array([m is not None for m in mapped])
         if not ok.any():
             ids = self._gene_ids(var, name)
@@ -575,7 +679,7 @@ class TranscriptomeTokenizer:
             )
         used, col = np.unique(mapped[ok].astype(str), return_inverse=True)
         n_dup = int(ok.sum() - used.size)
-        if n_dup:
+        if n_dup and notes:
             log.warning("%s: %d genes share an Ensembl id after mapping (upper-cased ids, Ensembl mapping "
                         "dictionary); their counts are summed, as upstream does", name, n_dup)
         agg = sp.csr_matrix(
@@ -591,7 +695,8 @@ class TranscriptomeTokenizer:
         summary.n_duplicate_ids += n_dup
         return agg, tokens, medians
 
-    def _n_counts(self, obs: pd.DataFrame, name: str, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _n_counts(self, obs: pd.DataFrame, name: str, mask: np.ndarray | None,
+                  notes: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """``obs[n_counts_column]`` as float64 and the mask of cells whose value is not a positive finite
         number; raises :class:`InputDataError` naming such cells unless the row-sum fallback is on."""
         col = self.config.n_counts_column
@@ -606,8 +711,9 @@ class TranscriptomeTokenizer:
                     f"{name}: obs[{col!r}] is missing, zero, negative or not a number for {n_bad} cells (e.g. {cells}); "
                     f"fix the column, delete it to use each cell's total count, or pass n_counts_fallback='row_sum' "
                     "(CLI: --n-counts-fallback row-sum) to use the total count for those cells")
-            log.warning("%s: obs[%r] is not a positive number for %d cells (e.g. %s); using their total count over "
-                        "all genes instead (n_counts_fallback='row_sum')", name, col, n_bad, cells)
+            if notes:
+                log.warning("%s: obs[%r] is not a positive number for %d cells (e.g. %s); using their total count over "
+                            "all genes instead (n_counts_fallback='row_sum')", name, col, n_bad, cells)
         return values, bad
 
     def _check_counts(self, block: sp.csr_matrix, name: str, first_row: int) -> None:
@@ -627,9 +733,17 @@ class TranscriptomeTokenizer:
             )
 
     # -- encoding ------------------------------------------------------------------------------
-    def _encode_source(self, src: CountSource, summary: TokenizeSummary) -> Iterator[pa.Table]:
+    def _plan_source(self, src: CountSource, summary: TokenizeSummary, notes: bool = True) -> _SourcePlan:
+        """Everything a file's rows need before they are encoded, with every check of its genes and obs.
+
+        The per-file preparation step: maps the genes (:class:`GeneIdError`), reads the filter column,
+        ``n_counts`` and the kept obs columns (:class:`InputDataError`), and adds the file's cell and gene
+        counts to ``summary``. The single-process path plans a file once; on Dask the driver plans every
+        file before any task starts (so bad input fails there) and each task plans its file again.
+        ``notes=False`` leaves out the log lines (a task repeats what the driver already logged).
+        """
         cfg = self.config
-        agg, tokens, medians = self._aggregation(src.var, src.name, summary)
+        agg, tokens, medians = self._aggregation(src.var, src.name, summary, notes)
         obs = src.obs
         mask = None
         if cfg.filter_column:
@@ -639,10 +753,10 @@ class TranscriptomeTokenizer:
             else:
                 log.debug("%s has no obs column %r; tokenizing all cells", src.name, cfg.filter_column)
         has_n_counts = cfg.n_counts_column in obs.columns
-        if not has_n_counts:
+        if not has_n_counts and notes:
             log.warning("%s has no obs[%r]; using each cell's total count over all genes in the file",
                         src.name, cfg.n_counts_column)
-        given, bad = self._n_counts(obs, src.name, mask) if has_n_counts else (None, None)
+        given, bad = self._n_counts(obs, src.name, mask, notes) if has_n_counts else (None, None)
         if given is None:
             given, bad = np.zeros(src.n_obs), np.ones(src.n_obs, dtype=bool)
         given = np.where(bad, 0.0, given)
@@ -651,26 +765,45 @@ class TranscriptomeTokenizer:
         if missing:
             raise InputDataError(f"{src.name}: obs has no column(s) {missing}; columns are {list(obs.columns)}")
         summary.n_cells_in += src.n_obs
-        cell_ids = obs.index.astype(str).to_numpy()
-        kept_obs = {out_col: obs[src_col].to_numpy() for src_col, out_col in keep_cols.items()}
+        return _SourcePlan(agg, tokens, medians, mask, given, bad, obs.index.astype(str).to_numpy(),
+                           {out_col: obs[src_col].to_numpy() for src_col, out_col in keep_cols.items()})
+
+    def _encoder(self, plan: _SourcePlan, threads: int | None = None):
+        """The compiled (or NumPy) encoder of a planned file; ``threads`` default: ``config.threads`` or
+        the CPUs available, at most 4."""
+        cfg = self.config
         kernel = _compiled_kernel() if cfg.engine != "numpy" else None
         if cfg.engine == "numba" and kernel is None:
             raise ConfigError("engine='numba' but numba cannot be imported; use engine='auto' or 'numpy'")
-        encode = (_KernelEncoder(kernel, agg, tokens, medians, self, _n_threads(cfg.threads)) if kernel is not None
-                  else _NumpyEncoder(agg, tokens, medians, self))
-        lengths_total = 0
-        mapped_frac_total = 0.0
-        reader = _read_ahead(src.chunks(cfg.chunk_size, mask))
+        if kernel is None:
+            return _NumpyEncoder(plan.agg, plan.tokens, plan.medians, self)
+        return _KernelEncoder(kernel, plan.agg, plan.tokens, plan.medians, self,
+                              _n_threads(cfg.threads if threads is None else threads))
+
+    def _encode_rows(self, src: CountSource, plan: _SourcePlan, tally: _RowTally, start: int = 0,
+                     stop: int | None = None, threads: int | None = None) -> Iterator[pa.Table]:
+        """Encode rows ``start:stop`` of a planned file: one Arrow table per chunk of ``config.chunk_size`` rows
+        that holds a cell (cells filtered out or without a dictionary gene are left out), counted in ``tally``.
+
+        The encode-a-row-range step, shared by the single-process path (the whole file) and the Dask tasks
+        (a range that starts on a chunk boundary, so the chunks are the same). Raises
+        :class:`InputDataError` on bad counts (NaN, negative, non-integer; ``n_counts`` not positive).
+        """
+        cfg = self.config
+        encode = self._encoder(plan, threads)
+        stop = src.n_obs if stop is None else min(stop, src.n_obs)
+        reader = _read_ahead(src.chunks(cfg.chunk_size, plan.mask, start, stop))
+        given, bad = plan.given, plan.bad
         try:
             for rows, block in tqdm(
-                reader, total=-(-src.n_obs // cfg.chunk_size),
+                reader, total=-(-(stop - start) // cfg.chunk_size),
                 desc=f"tokenizing {src.name}", unit="chunk", leave=False, disable=None,
             ):
                 if cfg.check_counts:
                     self._check_counts(block, src.name, int(rows[0]))
                 ids, offsets, total, mapped, n_genes = encode(block, given[rows], bad[rows])
                 ok = n_genes > 0
-                summary.n_cells_no_genes += int((~ok).sum())
+                tally.n_cells_no_genes += int((~ok).sum())
                 n_counts = np.where(bad[rows], total, given[rows])
                 if (n_counts[ok] <= 0).any():
                     raise InputDataError(f"{src.name}: obs[{cfg.n_counts_column!r}] is zero or negative for cells with counts")
@@ -679,28 +812,29 @@ class TranscriptomeTokenizer:
                     rows, total, mapped, n_genes = rows[ok], total[ok], mapped[ok], n_genes[ok]
                 if rows.size == 0:
                     continue
-                summary.n_truncated += int((n_genes > self.max_genes).sum())
+                tally.n_truncated += int((n_genes > self.max_genes).sum())
                 lengths = np.diff(offsets).astype(np.int32)
-                lengths_total += int(lengths.sum())
-                mapped_frac_total += float((mapped / np.maximum(total, 1e-12)).sum())
+                tally.length_sum += int(lengths.sum())
+                tally.mapped_fractions.append(float((mapped / np.maximum(total, 1e-12)).sum()))
                 columns = {
                     "input_ids": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids)),
                     "length": pa.array(lengths),
-                    "cell_id": pa.array(cell_ids[rows]),
+                    "cell_id": pa.array(plan.cell_ids[rows]),
                 }
-                for out_col, values in kept_obs.items():
+                for out_col, values in plan.kept_obs.items():
                     columns[out_col] = _arrow_column(values[rows])
-                summary.n_cells_out += len(rows)
+                tally.n_cells_out += len(rows)
                 yield pa.table(columns)
         finally:
             reader.close()  # the read-ahead thread stops before the file is closed
             encode.close()
-        n = max(summary.n_cells_out, 1)
-        summary.mean_length = lengths_total / n
-        summary.mapped_count_fraction = mapped_frac_total / n
-        summary.files.append(src.name)
-        if summary.n_cells_no_genes:
-            log.warning("%s: skipped %d cells with no gene in the token dictionary", src.name, summary.n_cells_no_genes)
+
+    def _encode_source(self, src: CountSource, summary: TokenizeSummary) -> Iterator[pa.Table]:
+        """A whole file: :meth:`_plan_source`, then :meth:`_encode_rows` over all its rows."""
+        plan = self._plan_source(src, summary)
+        tally = _RowTally()
+        yield from self._encode_rows(src, plan, tally)
+        tally.close_file(summary, src.name)
 
     def iter_tables(self, source) -> Iterator[pa.Table]:
         """Yield Arrow tables of tokenized cells, one per chunk, for one file or AnnData.
@@ -742,7 +876,8 @@ class TranscriptomeTokenizer:
         return datasets.DatasetInfo(description=json.dumps({DATASET_INFO_KEY: self.settings()}))
 
     def write(self, sources: Iterable, out_dir: str | Path, overwrite: bool = False,
-              max_shard_size: int | str | None = None) -> TokenizeSummary:
+              max_shard_size: int | str | None = None, *, client=None,
+              rows_per_task: int | None = None) -> TokenizeSummary:
         """Tokenize files (streamed) into a dataset directory readable by ``datasets.load_from_disk``.
 
         The Arrow shards (``data-XXXXX-of-NNNNN.arrow``, at most ``max_shard_size`` each: default
@@ -754,59 +889,66 @@ class TranscriptomeTokenizer:
         Output is written to a temporary directory and renamed into place; a killed run leaves only that
         temporary, removed by the next run. Raises :class:`~netformer.errors.OutputExistsError` if
         ``out_dir`` exists and not ``overwrite``.
+
+        With a ``dask.distributed`` ``client`` (:func:`netformer.cluster.dask_client`) the cells are
+        encoded by tasks of (file, row range), ``rows_per_task`` rows each (default
+        :data:`netformer.cluster.ROWS_PER_TASK`, 50,000, rounded to whole chunks), each writing its own
+        shards into the temporary directory, which must be on a filesystem the workers share; see
+        :func:`netformer.cluster.tokenize_shards`. ``sources`` must then be paths. Every file is checked
+        before a task starts; the dataset equals the single-process one (same ``input_ids``, cells in
+        the same order, same summary). Without a client everything runs in this process, as before.
         """
-        from datasets import Features, config as ds_config
-        from datasets.arrow_writer import ArrowWriter
-        from datasets.fingerprint import generate_random_fingerprint
-        from datasets.utils.py_utils import asdict as ds_asdict, convert_file_size_to_int
+        from datasets import config as ds_config
+        from datasets.utils.py_utils import convert_file_size_to_int
 
         if isinstance(sources, (str, Path)) or not isinstance(sources, Iterable):
             sources = [sources]
+        sources = list(sources)
         shard_limit = convert_file_size_to_int(max_shard_size or ds_config.MAX_SHARD_SIZE)
         self.summary = TokenizeSummary()
+        job = None
+        if client is not None:
+            from .cluster import plan_tokenize
+
+            job = plan_tokenize(self, sources, rows_per_task)  # every file checked before any output
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-            schema, writer, parts = None, None, []
-            try:
-                for source in sources:
-                    for table in self.iter_tables(source):
-                        if schema is None:  # the first cell fixes the schema: an empty writer cannot infer one
-                            schema = table.schema
-                        elif table.schema != schema:
-                            table = table.cast(schema)
-                        if writer is None:
-                            parts.append(tmp / f"data-{len(parts):05d}.arrow.part")
-                            writer = ArrowWriter(schema=schema, path=str(parts[-1]))
-                        writer.write_table(table)
-                        if getattr(writer, "_num_bytes", 0) >= shard_limit:
-                            writer.finalize()
-                            writer.close()
-                            writer = None
-                if schema is None:
-                    raise InputDataError(_nothing_tokenized(self.summary))
-                if writer is not None:
-                    writer.finalize()
-            finally:
-                if writer is not None:
-                    writer.close()
-            names = [f"data-{i:05d}-of-{len(parts):05d}.arrow" for i in range(len(parts))]
-            for part, name in zip(parts, names):
-                part.rename(tmp / name)
-            info = self._dataset_info()
-            info.features = Features.from_arrow_schema(schema)
-            state = {"_data_files": [{"filename": n} for n in names], "_fingerprint": generate_random_fingerprint(),
-                     "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
-                     "_output_all_columns": False, "_split": None}
-            (tmp / ds_config.DATASET_STATE_JSON_FILENAME).write_text(json.dumps(state, indent=2, sort_keys=True))
-            info_dict = ds_asdict(info)
-            (tmp / ds_config.DATASET_INFO_FILENAME).write_text(
-                json.dumps({k: info_dict[k] for k in sorted(info_dict)}, indent=2))
-            self.vocab.save(tmp / "vocab")
-            (tmp / "netformer_tokenizer.json").write_text(json.dumps(
-                {**self.settings(), "config": asdict(self.config), "summary": asdict(self.summary)},
-                indent=2, default=str))
+            if job is None:
+                parts, schema = _write_shards((t for source in sources for t in self.iter_tables(source)),
+                                              tmp, "data", shard_limit)
+            else:
+                parts, schema = job.run(client, tmp, shard_limit)  # sets self.summary
+            if schema is None:
+                raise InputDataError(_nothing_tokenized(self.summary))
+            self._finish_dataset(tmp, parts, schema)
         log.info("tokenized %d cells (mean length %.0f) into %s", self.summary.n_cells_out,
                  self.summary.mean_length, out_dir)
         return self.summary
+
+    def _finish_dataset(self, folder: Path, parts: Sequence[Path], schema: pa.Schema) -> None:
+        """Make ``folder`` a dataset directory: ``parts`` (Arrow shards, in cell order) renamed
+        ``data-XXXXX-of-NNNNN.arrow``, ``state.json`` and ``dataset_info.json`` as ``save_to_disk`` writes
+        them, ``vocab/`` and ``netformer_tokenizer.json`` (settings, config, :attr:`summary`)."""
+        from datasets import Features
+        from datasets import config as ds_config
+        from datasets.fingerprint import generate_random_fingerprint
+        from datasets.utils.py_utils import asdict as ds_asdict
+
+        names = [f"data-{i:05d}-of-{len(parts):05d}.arrow" for i in range(len(parts))]
+        for part, name in zip(parts, names):
+            os.replace(part, folder / name)
+        info = self._dataset_info()
+        info.features = Features.from_arrow_schema(schema)
+        state = {"_data_files": [{"filename": n} for n in names], "_fingerprint": generate_random_fingerprint(),
+                 "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+                 "_output_all_columns": False, "_split": None}
+        (folder / ds_config.DATASET_STATE_JSON_FILENAME).write_text(json.dumps(state, indent=2, sort_keys=True))
+        info_dict = ds_asdict(info)
+        (folder / ds_config.DATASET_INFO_FILENAME).write_text(
+            json.dumps({k: info_dict[k] for k in sorted(info_dict)}, indent=2))
+        self.vocab.save(folder / "vocab")
+        (folder / "netformer_tokenizer.json").write_text(json.dumps(
+            {**self.settings(), "config": asdict(self.config), "summary": asdict(self.summary)},
+            indent=2, default=str))
 
 
 def _n_threads(threads: int | None) -> int:
@@ -1020,6 +1162,64 @@ def load_tokenized(path: str | Path) -> "datasets.Dataset":  # noqa: F821
     return ds
 
 
+MEDIAN_MODES = ("auto", "exact", "tdigest")
+"""How :func:`build_vocab` computes gene medians (``medians=``)."""
+
+EXACT_MEDIAN_MAX_CELLS = 200_000
+"""``medians="auto"`` is exact up to this many cells in the corpus (the exact mode holds every non-zero value:
+~16 bytes each, ~3 GB for 200,000 cells of ~1,000 genes) and a t-digest sketch above."""
+
+TDIGEST_COMPRESSION = 100.0
+"""t-digest compression of the median sketch (crick's default; about 2 x 100 centroids per gene at most)."""
+
+
+def _median_genes(var: pd.DataFrame, gene_id_column: str | None, name: str, notes: bool = True):
+    """The distinct upper-cased gene ids of a file (sorted) and the (n_vars, n_genes) 0/1 matrix summing its
+    columns into them (duplicate ids summed). Raises :class:`GeneIdError` as :func:`select_gene_ids`."""
+    ids = np.array([None if i is None else i.upper() for i in select_gene_ids(var, gene_id_column, name, notes)],
+                   dtype=object)
+    ok = np.array([i is not None for i in ids], dtype=bool)
+    used, col = np.unique(ids[ok].astype(str), return_inverse=True)
+    agg = sp.csr_matrix((np.ones(ok.sum()), (np.flatnonzero(ok), col)), shape=(len(ids), used.size))
+    return used, agg
+
+
+def _median_task(settings: dict, source, start: int, stop: int):
+    """One (file, row range) task of :func:`build_vocab`: the normalised non-zero values
+    ``count / n_counts * target_sum`` of rows ``start:stop``, by gene (index into the file's
+    :func:`_median_genes`). Returns ``(genes, values)``: the genes present (ascending) and their values,
+    ``sketch=False``: ``(v, bounds)``, all values (float64) ordered by gene, cut at ``bounds`` into the genes'
+    values in row order (two arrays: Dask sends them as two buffers, not thousands); ``sketch=True``: one
+    crick ``TDigest`` per gene."""
+    with open_counts(source, settings["layer"]) as src:
+        _, agg = _median_genes(src.var, settings["gene_id_column"], src.name, notes=False)
+        parts_g, parts_v = [], []
+        for _, block in src.chunks(settings["chunk_size"], None, start, stop):
+            total = block.sum(axis=1).A1.astype(np.float64)
+            genes = sp.csr_matrix(block @ agg)
+            genes.eliminate_zeros()
+            row_of = np.repeat(np.arange(genes.shape[0]), np.diff(genes.indptr))
+            parts_v.append((genes.data / total[row_of] * settings["target_sum"]).astype(np.float64))
+            parts_g.append(genes.indices.copy())
+    g = np.concatenate(parts_g) if parts_g else np.zeros(0, np.int32)
+    v = np.concatenate(parts_v) if parts_v else np.zeros(0)
+    order = np.argsort(g, kind="stable")
+    g, v = g[order], v[order]
+    bounds = np.flatnonzero(np.diff(g)) + 1
+    genes = g[np.r_[0, bounds]] if g.size else g
+    if not settings["sketch"]:
+        return genes, (v, bounds)
+    from crick import TDigest
+
+    digests = []
+    for vals in np.split(v, bounds) if g.size else []:
+        d = TDigest(settings["compression"])
+        d.update(vals)
+        d.centroids()  # flushes the buffer, as pickling does: a digest merges the same here and off a worker
+        digests.append(d)
+    return genes, digests
+
+
 def build_vocab(
     sources: Iterable,
     *,
@@ -1030,75 +1230,117 @@ def build_vocab(
     chunk_size: int = 2048,
     name: str = "custom",
     layer: str | None = None,
+    medians: str = "auto",
+    client=None,
+    rows_per_task: int | None = None,
+    compression: float = TDIGEST_COMPRESSION,
 ) -> GeneVocab:
     """Build a token dictionary and gene median dictionary from a corpus of count files.
 
     The gene median of ``g`` is the median, over all cells where ``g`` is detected, of
-    ``count_g / n_counts * target_sum`` (Geneformer's non-zero median; upstream approximates it
-    with t-digests over 30M cells, we compute it exactly). Genes detected in fewer than
-    ``min_cells`` cells are left out. Gene ids are taken as in :class:`TokenizerConfig`
-    (``gene_id_column``), upper-cased, and duplicates summed.
+    ``count_g / n_counts * target_sum`` (Geneformer's non-zero median; ``n_counts`` = the cell's total
+    count in the file). Genes detected in fewer than ``min_cells`` cells are left out. Gene ids are
+    taken as in :class:`TokenizerConfig` (``gene_id_column``), upper-cased, and duplicates summed.
+
+    The work is cut into (file, row range) tasks (``rows_per_task`` rows, default
+    :data:`netformer.cluster.ROWS_PER_TASK`, rounded to whole chunks of ``chunk_size``), run in this
+    process or, with a ``dask.distributed`` ``client``, on its workers; results are combined in task order,
+    so the dictionary does not depend on the number of workers.
 
     Parameters
     ----------
     sources
-        Paths (.h5ad/.zarr/.loom) or AnnData objects of raw counts.
+        Paths (.h5ad/.zarr/.loom) or AnnData objects of raw counts (paths only with ``client``).
     layer
         Read the counts from ``layers[layer]`` instead of ``X``.
+    medians
+        ``"exact"``: every non-zero value is kept and the median taken exactly (memory ~16 bytes per
+        non-zero count of the corpus). ``"tdigest"``: one t-digest per gene and task (crick's
+        ``TDigest``, the compiled, mergeable sketch Dask itself uses; ``compression`` 100), merged across
+        tasks in task order with ``TDigest.merge``: memory bounded by genes x centroids whatever the number
+        of cells; a gene's number of cells is the digest's size (exact). Upstream Geneformer sketches its
+        medians with t-digests too (the ``tdigest`` package). ``"auto"`` (default): exact up to
+        :data:`EXACT_MEDIAN_MAX_CELLS` (200,000) cells in all, tdigest above. On the real PBMC files the
+        sketch's median relative error is given in ``docs/distributed.md`` (benchmarks/median_sketch.py).
 
     Returns
     -------
     GeneVocab
         Special tokens first (ids 0..), then genes in sorted id order.
+
+    Raises
+    ------
+    ConfigError
+        Unknown ``medians``, AnnData sources with a ``client``, ``rows_per_task < 1``.
+    GeneIdError, MissingFileError, CorruptFileError
+        A file's gene ids, path or content (checked for every file before any task runs).
+    InputDataError
+        No gene detected in ``min_cells`` cells.
     """
+    from .cluster import row_tasks, run_tasks
+
+    if medians not in MEDIAN_MODES:
+        raise ConfigError(f"medians must be one of {', '.join(MEDIAN_MODES)}, got {medians!r}")
     if isinstance(sources, (str, Path)) or not isinstance(sources, Iterable):
         sources = [sources]
-    gene_vals: dict[str, list[np.ndarray]] = {}
-    for source in sources:
+    sources = list(sources)
+    if client is not None and not all(isinstance(s, (str, os.PathLike)) for s in sources):
+        raise ConfigError("building a vocabulary on Dask needs file paths (the workers open the files); write the "
+                          "AnnData to .h5ad first, or build it without a client")
+    gene_names, tasks, n_cells = [], [], 0
+    for f, source in enumerate(sources):  # every file checked before a task runs
         with open_counts(source, layer) as src:
-            ids = np.array([None if i is None else i.upper() for i in select_gene_ids(src.var, gene_id_column, src.name)], dtype=object)
-            ok = np.array([i is not None for i in ids])
-            used, col = np.unique(ids[ok].astype(str), return_inverse=True)
-            agg = sp.csr_matrix((np.ones(ok.sum()), (np.flatnonzero(ok), col)), shape=(len(ids), used.size))
-            parts_g, parts_v = [], []
-            for _, block in tqdm(src.chunks(chunk_size), desc=f"gene medians {src.name}", leave=False, disable=None):
-                total = block.sum(axis=1).A1.astype(np.float64)
-                genes = sp.csr_matrix(block @ agg)
-                genes.eliminate_zeros()
-                row_of = np.repeat(np.arange(genes.shape[0]), np.diff(genes.indptr))
-                parts_v.append((genes.data / total[row_of] * target_sum).astype(np.float64))
-                parts_g.append(genes.indices.copy())
-            g = np.concatenate(parts_g)
-            v = np.concatenate(parts_v)
-            order = np.argsort(g, kind="stable")
-            g, v = g[order], v[order]
-            bounds = np.flatnonzero(np.diff(g)) + 1
-            for gi, chunk in zip(g[np.r_[0, bounds]] if g.size else [], np.split(v, bounds) if g.size else []):
-                gene_vals.setdefault(used[gi], []).append(chunk)
-    medians = {}
-    for gene, chunks in gene_vals.items():
-        vals = np.concatenate(chunks)
-        if vals.size >= min_cells:
-            medians[gene] = float(np.median(vals))
-    if not medians:
+            gene_names.append(_median_genes(src.var, gene_id_column, src.name)[0])
+            tasks += [(f, source, a, b) for a, b in row_tasks(src.n_obs, rows_per_task, chunk_size)]
+            n_cells += src.n_obs
+    if medians == "auto":
+        medians = "exact" if n_cells <= EXACT_MEDIAN_MAX_CELLS else "tdigest"
+        log.info("gene medians: %s (%d cells; exact up to %d)", medians, n_cells, EXACT_MEDIAN_MAX_CELLS)
+    settings = {"layer": layer, "gene_id_column": gene_id_column, "chunk_size": chunk_size,
+                "target_sum": target_sum, "sketch": medians == "tdigest", "compression": float(compression)}
+    results = run_tasks(_median_task, [t[1:] for t in tasks], client, shared=settings, desc="gene medians")
+    per_gene: dict = {}  # gene -> its digest (merged as tasks come, in task order) or its values
+    for (f, *_), (genes, values) in zip(tasks, results):
+        if medians == "exact":
+            values = np.split(values[0], values[1]) if genes.size else []
+        for gi, vals in zip(genes, values):
+            gene = gene_names[f][gi]
+            if gene not in per_gene:
+                per_gene[gene] = vals if medians == "tdigest" else [vals]
+            elif medians == "tdigest":
+                per_gene[gene].merge(vals)
+            else:
+                per_gene[gene].append(vals)
+    result = {}
+    for gene, acc in per_gene.items():
+        if medians == "tdigest":
+            if acc.size() >= min_cells:
+                result[gene] = float(acc.quantile(0.5))
+        else:
+            vals = np.concatenate(acc)
+            if vals.size >= min_cells:
+                result[gene] = float(np.median(vals))
+    if not result:
         raise InputDataError(f"no gene is detected in at least min_cells={min_cells} cells")
-    log.info("built vocabulary '%s': %d genes", name, len(medians))
-    return GeneVocab.from_medians(medians, special_tokens=special_tokens, name=name)
+    log.info("built vocabulary '%s': %d genes (%s medians)", name, len(result), medians)
+    return GeneVocab.from_medians(result, special_tokens=special_tokens, name=name)
 
 
-def select_gene_ids(var: pd.DataFrame, gene_id_column: str | None = "auto", name: str = "data") -> np.ndarray:
+def select_gene_ids(var: pd.DataFrame, gene_id_column: str | None = "auto", name: str = "data",
+                    notes: bool = True) -> np.ndarray:
     """Gene ids of a var table as an object array (None where missing).
 
     ``gene_id_column``: ``None`` = var index; a column name; or ``"auto"``: the var index if it
     looks like Ensembl ids, else the first of ``ensembl_id``, ``gene_ids``, ``gene_id``,
-    ``feature_id`` present, else the var index (symbols, to be mapped by the vocabulary).
+    ``feature_id`` present, else the var index (symbols, to be mapped by the vocabulary); the
+    choice is logged unless ``notes=False``. Raises :class:`GeneIdError` for a column var lacks.
     """
     if gene_id_column == "auto":
         if looks_like_ensembl(var.index):
             ids = var.index
         else:
             found = next((c for c in _ID_COLUMNS if c in var.columns), None)
-            if found is not None:
+            if found is not None and notes:
                 log.info("%s: var index is not Ensembl ids; using var[%r]", name, found)
             ids = var[found] if found else var.index
     elif gene_id_column is None:
