@@ -894,7 +894,7 @@ class TranscriptomeTokenizer:
         encoded by tasks of (file, row range), ``rows_per_task`` rows each (default
         :data:`netformer.cluster.ROWS_PER_TASK`, 50,000, rounded to whole chunks), each writing its own
         shards into the temporary directory, which must be on a filesystem the workers share; see
-        :func:`netformer.cluster.tokenize_shards`. ``sources`` must then be paths. Every file is checked
+        :func:`netformer.cluster.plan_tokenize`. ``sources`` must then be paths. Every file is checked
         before a task starts; the dataset equals the single-process one (same ``input_ids``, cells in
         the same order, same summary). Without a client everything runs in this process, as before.
         """
