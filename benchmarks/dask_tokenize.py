@@ -97,6 +97,7 @@ def main() -> None:
 
     import h5py
 
+    from netformer._io import atomic_file
     from netformer.cluster import ROWS_PER_TASK, available_cpus, dask_client, row_tasks
     from netformer.genes import GeneVocab
     from netformer.tokenize import TranscriptomeTokenizer
@@ -175,9 +176,9 @@ def main() -> None:
                      f"{r['cells'] / r['cpu']:,.0f} | {r['mem']} | {same} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.md:
-        Path(args.md).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.md).write_text(text)
+    if args.md:  # written whole, atomically
+        with atomic_file(args.md) as tmp:
+            tmp.write_text(text)
 
 
 if __name__ == "__main__":

@@ -126,11 +126,9 @@ def main() -> None:
                    "equal count the order is the order of their medians, so any error that swaps two close "
                    "medians reorders those genes in every cell that holds both; the shifts are small (a few "
                    "positions) and the order is otherwise kept (rho).")]
-    text = "\n".join(lines) + "\n"
-    print(text)
+    print("\n".join(lines))
     if args.md:
-        Path(args.md).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.md).write_text(text)
+        Path(args.md).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

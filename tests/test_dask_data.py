@@ -19,9 +19,9 @@ import pytest
 pytest.importorskip("distributed")
 pytest.importorskip("crick")
 
-from netformer.cluster import dask_client  # noqa: E402
-from netformer.errors import ClusterError, InputDataError  # noqa: E402
-from netformer.tokenize import TranscriptomeTokenizer, build_vocab, load_tokenized  # noqa: E402
+from netformer.cluster import dask_client
+from netformer.errors import ClusterError, InputDataError
+from netformer.tokenize import TranscriptomeTokenizer, build_vocab, load_tokenized
 
 ROWS = 300  # cells per task: pbmc3k is 9 tasks, kang 7
 
@@ -137,6 +137,19 @@ def test_bad_input_fails_in_the_driver_before_any_task(client, files, v2, tmp_pa
     assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == before
 
 
+def test_bad_counts_in_a_task_raise_their_type_in_the_driver(client, scrna, v2, tmp_path):
+    import anndata as ad
+
+    cells = ad.read_h5ad(scrna / "pbmc3k_raw_labeled.h5ad")[:600].copy()
+    cells.X = cells.X.astype(np.float32).tocsr()
+    cells.X.data[cells.X.indptr[400]:] *= 1.5  # non-integer counts from cell 400 on: the second task's rows
+    cells.write_h5ad(tmp_path / "scaled.h5ad")
+    with pytest.raises(InputDataError, match="not integers"):
+        TranscriptomeTokenizer(v2, chunk_size=100).write(tmp_path / "scaled.h5ad", tmp_path / "out", client=client,
+                                                         rows_per_task=300)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scaled.h5ad"]  # no output, no temporary
+
+
 def test_cli_joins_a_scheduler_and_an_unreachable_one_exits_2(client, scrna, tmp_path, capsys, monkeypatch):
     from netformer import cluster
     from netformer.cli import main
@@ -161,6 +174,5 @@ def test_cli_joins_a_scheduler_and_an_unreachable_one_exits_2(client, scrna, tmp
     assert exit_.value.code == 2 and time.perf_counter() - t0 < 15
     assert err.count("\n") == 0 and "Dask scheduler" in err and "tcp://127.0.0.1:9" in err
     assert not (tmp_path / "never").exists()
-    with pytest.raises(ClusterError):
-        with dask_client(scheduler="no-port-here"):
-            pass
+    with pytest.raises(ClusterError), dask_client(scheduler="no-port-here"):
+        pass

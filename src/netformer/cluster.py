@@ -36,7 +36,7 @@ from .errors import ClusterError, ConfigError
 log = logging.getLogger(__name__)
 
 ROWS_PER_TASK = 50_000
-"""Default rows (cells) of one file per task: ~1-2 s of encoding, shards of ~100-200 MB at 2,048 tokens."""
+"""Default rows (cells) of one file per task: ~2-3 s of encoding on one core, shards of ~160 MB (V2, 4,096)."""
 
 CONNECT_TIMEOUT = 15.0
 """Seconds :func:`dask_client` waits for a scheduler (``scheduler=``) before it gives up."""
@@ -174,11 +174,11 @@ def _run_on_dask(fn, tasks, client, shared, desc, bar, note) -> Iterator:
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
-    run = uuid.uuid4().hex[:8]
+    run = f"{desc.replace(' ', '-')}-{uuid.uuid4().hex[:8]}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "large object in task graph": sent once, on purpose
-        shared_f = client.submit(_same, shared, key=f"netformer-{desc}-shared-{run}")
-        futures = [client.submit(fn, shared_f, *task, key=f"netformer-{desc}-{run}-{i:06d}")
+        shared_f = client.submit(_same, shared, key=f"netformer-{run}-shared")
+        futures = [client.submit(fn, shared_f, *task, key=f"netformer-{run}-{i:06d}")
                    for i, task in enumerate(tasks)]
     index = {f.key: i for i, f in enumerate(futures)}
     log.info("%s: %d tasks submitted to %d Dask workers", desc, len(tasks), len(client.scheduler_info()["workers"]))
@@ -191,8 +191,8 @@ def _run_on_dask(fn, tasks, client, shared, desc, bar, note) -> Iterator:
                 results[index[f.key]] = f.result()
             except KilledWorker as exc:
                 raise ClusterError(
-                    f"{desc}: a task killed {exc.args[1] if len(exc.args) > 1 else 'its'} workers one after another "
-                    f"({exc}); give the workers more memory or use fewer rows per task (--rows-per-task)") from None
+                    f"{desc}: the workers running one task died again and again ({exc}); give the workers more "
+                    "memory or use fewer rows per task (--rows-per-task)") from None
             f.release()
             done += 1
             bar.update()
