@@ -124,10 +124,10 @@ def test_kill_during_perturb_overwrite_keeps_old_results_and_resumes_exactly(tin
     assert perturb_cli(tiny_pretrained.model_dir, kang_folder, out, "--seed", "1").wait(600) == 0
     old = (out / "results.parquet").read_bytes()
     job = perturb_cli(tiny_pretrained.model_dir, kang_folder, out, "--overwrite")
-    staging = tmp_path / ".isp.overwrite" / "manifest.json"
+    first_chunk = tmp_path / ".isp.overwrite" / "done" / "00000.json"
     t0 = time.time()
     while time.time() - t0 < 300:  # kill -9 once the replacement run has finished its first chunk
-        if staging.exists() and '"0"' in staging.read_text():
+        if first_chunk.exists():
             break
         time.sleep(0.05)
     job.kill()

@@ -29,6 +29,7 @@ import torch
 
 from ._io import atomic_file, check_output, remove_dir, replace_dir
 from ._state import preserved_rng
+from .distributed import world
 from .encoder import check_dataset, default_device, pad_batch
 from .precision import resolve_precision
 from .errors import ConfigError
@@ -127,11 +128,13 @@ class GeneMaskingCollator:
     Returns ``input_ids``, ``attention_mask`` and ``labels`` (-100 where not selected) as long
     tensors of shape (batch, longest cell in the batch, at most ``max_length``).
 
-    The masking of a batch is drawn from its own generator, seeded by ``(seed, epoch, the batch's
+    The masking of each cell is drawn from its own generator, seeded by ``(seed, epoch, the cell's
     token ids)``, never from the global RNG: a run resumed from a mid-epoch checkpoint masks every
     later batch exactly as the uninterrupted run did (the Trainer restores the global RNG, used by
-    dropout, only after it has fetched the first resumed batch). ``epoch`` is set by
-    :class:`EpochLengthSampler`.
+    dropout, only after it has fetched the first resumed batch), and a cell is masked the same way
+    whatever batch it is in: a 2-process DDP run masks its cells as a 1-process run with the same
+    global batch. ``epoch`` is set by :class:`EpochLengthSampler`. (Upstream draws from the global RNG,
+    the transformers ``DataCollatorForLanguageModeling``.)
     """
 
     def __init__(self, vocab: GeneVocab, max_length: int, mlm_probability: float = 0.15, seed: int = 0) -> None:
@@ -151,20 +154,26 @@ class GeneMaskingCollator:
         import hashlib
 
         h = hashlib.blake2b(np.array([self.seed, self.epoch], dtype=np.int64).tobytes(), digest_size=8)
-        h.update(ids.numpy().tobytes())
+        h.update(ids.numpy().astype(np.int64).tobytes())
         return torch.Generator().manual_seed(int.from_bytes(h.digest(), "little") & (2**63 - 1))
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         ids, mask = pad_batch([f["input_ids"] for f in features], self.pad_id, self.max_length)
-        g = self._generator(ids)
+        # per cell: which positions are selected, masked, replaced, and by which gene
+        draws = torch.ones((3, *ids.shape))
+        genes = torch.zeros(ids.shape, dtype=torch.long)
+        for i, n in enumerate(mask.sum(1).tolist()):
+            g = self._generator(ids[i, :n])
+            draws[:, i, :n] = torch.rand((3, n), generator=g)
+            genes[i, :n] = torch.randint(len(self.gene_ids), (n,), generator=g)
         labels = ids.clone()
         candidates = mask.bool() & ~torch.isin(ids, self.special)
-        selected = (torch.rand(ids.shape, generator=g) < self.p) & candidates
+        selected = (draws[0] < self.p) & candidates
         labels[~selected] = -100
-        to_mask = selected & (torch.rand(ids.shape, generator=g) < 0.8)
-        to_random = selected & ~to_mask & (torch.rand(ids.shape, generator=g) < 0.5)
+        to_mask = selected & (draws[1] < 0.8)
+        to_random = selected & ~to_mask & (draws[2] < 0.5)
         ids[to_mask] = self.mask_id
-        ids[to_random] = self.gene_ids[torch.randint(len(self.gene_ids), (int(to_random.sum()),), generator=g)]
+        ids[to_random] = self.gene_ids[genes[to_random]]
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -205,7 +214,22 @@ def _trainer(model, args, dataset, collator, callbacks=()):
                                self.args.seed, collator)
 
     return _GeneTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                        callbacks=list(callbacks) or None)
+                        callbacks=list(callbacks) or None, compute_loss_func=masked_gene_loss)
+
+
+def masked_gene_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Cross-entropy summed over the masked genes of this process's batch, divided by the masked genes of
+    the whole step (``num_items_in_batch``: all ranks and accumulation steps, counted by the Trainer), so a
+    data-parallel step optimises the same loss as one process with the same global batch.
+
+    Why not the model's own loss: transformers 5 scales a model's loss by the number of processes when its
+    ``forward`` takes ``**kwargs``, but ``BertForMaskedLM`` averages over its own batch and ignores
+    ``num_items_in_batch``, so under DDP its loss and gradients came out multiplied by the world size."""
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+    total = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                              ignore_index=-100, reduction="sum")
+    n = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
+    return total / torch.as_tensor(n, device=total.device).clamp(min=1)
 
 
 def masked_gene_model(config, seed: int = 0):
@@ -344,7 +368,9 @@ def pretrain(dataset, vocab: GeneVocab, output_dir: str | Path, config: Pretrain
     check_dataset(dataset, vocab.vocab_size)
     mcfg = model_config(cfg.preset, vocab=vocab, **(cfg.model_overrides or {}))
     max_len = min(cfg.max_length or mcfg.max_position_embeddings, mcfg.max_position_embeddings)
-    run = {"settings": cfg.run_settings(), "data": _data_fingerprint(dataset), "vocab_digest": vocab.digest}
+    # the number of processes fixes the global batch and the cells of each step: a resume keeps it
+    run = {"settings": {**cfg.run_settings(), "processes": world().size}, "data": _data_fingerprint(dataset),
+           "vocab_digest": vocab.digest}
     out = _run_folder(final, run, overwrite)
     with preserved_rng():  # the Trainer seeds the global generators; the caller's streams are put back
         return _train(dataset, vocab, cfg, mcfg, max_len, out, final, callbacks)
@@ -402,7 +428,7 @@ def _run_folder(final: Path, run: dict, overwrite: bool) -> Path:
     has_run = (final / "model").exists() or (final / "checkpoints").exists() or (final / RUN_FILE).exists()
     if has_run and overwrite:
         out = final.parent / f".{final.name}.overwrite"
-        if os.environ.get("RANK", "0") == "0":
+        if world().is_main:
             remove_dir(out)  # a staging folder left by a killed overwrite
     else:
         out = final
@@ -410,7 +436,8 @@ def _run_folder(final: Path, run: dict, overwrite: bool) -> Path:
             check_output(final / "model", overwrite=False)
         if (final / RUN_FILE).exists():
             old = json.loads((final / RUN_FILE).read_text())
-            diff = [k for k in run["settings"] if old.get("settings", {}).get(k) != run["settings"][k]]
+            recorded = {"processes": 1, **old.get("settings", {})}  # runs of older versions ran in one process
+            diff = [k for k in run["settings"] if recorded.get(k) != run["settings"][k]]
             if old.get("data") != run["data"] or old.get("vocab_digest") != run["vocab_digest"]:
                 diff.append("the tokenized cells")
             if diff:
@@ -418,7 +445,7 @@ def _run_folder(final: Path, run: dict, overwrite: bool) -> Path:
                                   "resume with the same settings and data, choose another output folder, or pass "
                                   "overwrite=True (CLI: --overwrite) to start afresh")
     out.mkdir(parents=True, exist_ok=True)
-    if os.environ.get("RANK", "0") == "0":
+    if world().is_main:
         with atomic_file(out / RUN_FILE) as tmp:
             tmp.write_text(json.dumps(run, indent=1, default=str))
     return out
