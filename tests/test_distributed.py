@@ -108,3 +108,30 @@ def test_embed_two_ranks_equal_one(tiny_pretrained, kang_dir, tmp_path):
     dims = one.filter(like="dim_").to_numpy()
     assert np.isfinite(dims).all() and dims.std(axis=0).mean() > 0
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # the work folder is gone
+
+
+def test_finetune_two_ranks_trains_one_model(tiny_pretrained, scrna, tmp_path, monkeypatch, capsys):
+    import anndata as ad
+
+    from netformer.classify import CellClassifier
+
+    a = ad.read_h5ad(scrna / "pbmc3k_raw_labeled.h5ad")
+    types = ["CD4 T cells", "CD14+ Monocytes", "B cells"]
+    idx = np.sort(np.concatenate([np.flatnonzero(a.obs["cell_type"] == t)[:80] for t in types]))
+    a[idx].copy().write_h5ad(tmp_path / "cells.h5ad")
+    args = ["finetune", "cell", str(tmp_path / "cells.h5ad"), str(tiny_pretrained.model_dir), "--out",
+            str(tmp_path / "ft"), "--folds", "0", "--search", "0", "--epochs", "3", "--max-length", "64",
+            "--batch-size", "8", "--device", "cpu"]
+    r = subprocess.run(torchrun(2, args), capture_output=True, text=True, env=ENV, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "2 processes: 16 cells per optimiser step" in r.stderr
+    clf = CellClassifier.load(tmp_path / "ft" / "model", device="cpu")
+    history = clf.history_
+    assert [h["n_train"] for h in history] == [240] * 3 and history[-1]["train_loss"] < history[0]["train_loss"]
+    assert (tmp_path / "ft" / "config.json").exists()
+    # cross-validation and search are separate fits: refused under torchrun, before anything is written
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as bad:
+        main([*args[:5], str(tmp_path / "cv"), "--folds", "3", *args[8:]])
+    assert bad.value.code == 2 and "under torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "cv").exists()

@@ -17,6 +17,7 @@ a world of one, and every function here is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -99,3 +100,27 @@ def split_evenly(items: Sequence, w: World | None = None) -> list:
     w = w or world()
     n = len(items) - len(items) % w.size if len(items) >= w.size else len(items)
     return list(items[w.rank:n:w.size])
+
+
+def sync_gradients(net, step: bool):
+    """Context of one micro-batch of a (possibly) ``DistributedDataParallel`` model: gradients are averaged
+    over the ranks only on the micro-batch that ends an optimiser step (``step``), as gradient accumulation
+    wants; a plain model: nothing."""
+    if not step and isinstance(net, torch.nn.parallel.DistributedDataParallel):
+        return net.no_sync()
+    return contextlib.nullcontext()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the ranks (a CPU tensor; returned as is in one process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return t
+    if dist.get_backend() == "nccl":
+        out = t.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(out)
+        return out.cpu()
+    out = t.clone()
+    dist.all_reduce(out)
+    return out

@@ -42,6 +42,10 @@ class FinetuneConfig:
     class_weights
         ``None`` (unweighted cross-entropy), ``"balanced"`` (n / (k * n_c), sklearn's rule) or a
         mapping label -> weight.
+    gradient_accumulation_steps
+        Batches whose gradients are summed before each optimiser step (default 1). An optimiser step
+        sees ``batch_size x gradient_accumulation_steps x processes`` cells: under ``torchrun`` each
+        rank takes its own batches of every step (DistributedDataParallel averages the gradients).
     classifier_dropout
         Dropout before the head (default: the encoder's hidden dropout).
     attention_dropout
@@ -78,6 +82,7 @@ class FinetuneConfig:
     freeze_layers: int = 0
     epochs: int = 2
     batch_size: int = 16
+    gradient_accumulation_steps: int = 1
     max_length: int | None = None
     class_weights: str | Mapping[str, float] | None = None
     classifier_dropout: float | None = None
@@ -109,6 +114,8 @@ class FinetuneConfig:
             raise ConfigError("epochs must be >= 1")
         if self.batch_size < 1:
             raise ConfigError("batch_size must be >= 1")
+        if self.gradient_accumulation_steps < 1:
+            raise ConfigError("gradient_accumulation_steps must be >= 1")
         if self.max_length is not None and self.max_length < 2:
             raise ConfigError("max_length must be at least 2 tokens")
         if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:

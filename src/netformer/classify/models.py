@@ -30,6 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .._io import atomic_dir
+from ..distributed import all_reduce_sum, barrier, split_evenly, sync_gradients, world
+from ..distributed import init as init_world
 from ..encoder import check_dataset, default_device, length_sorted_batches, pad_batch
 from ..lora import add_lora
 from ..precision import autocast, resolve_precision
@@ -145,49 +147,65 @@ class _Finetuner:
 
     def _train_loop(self, seqs: list, batch_targets, weights, val_score=None) -> None:
         """Optimise over ``seqs`` (token id lists); ``batch_targets(idx, ids)`` gives the label
-        tensor of a batch; ``val_score()`` (optional) returns validation macro-F1 after each epoch."""
+        tensor of a batch; ``val_score()`` (optional) returns validation macro-F1 after each epoch.
+
+        Under ``torchrun`` (:mod:`netformer.distributed`) the model is wrapped in PyTorch's
+        ``DistributedDataParallel`` and each rank takes its share of every epoch's batches."""
         cfg = self.config
         device = self.device
+        w = init_world(device)
         max_len = self._max_length()
         lengths = [min(len(s), max_len) for s in seqs]
         batches = length_sorted_batches(lengths, cfg.batch_size)
-        n_steps = len(batches) * cfg.epochs
+        per_rank = len(split_evenly(range(len(batches)), w))
+        n_steps = -(-per_rank // cfg.gradient_accumulation_steps) * cfg.epochs
         opt, sched = self._optimizer(n_steps)
         loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device), ignore_index=-100)
+        net = self.model
+        if w.distributed:
+            net = torch.nn.parallel.DistributedDataParallel(  # a token classifier leaves the pooler unused
+                self.model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=self.kind == "gene")
+            log.info("%s fine-tuning on %d processes: %d cells per optimiser step", self.kind, w.size,
+                     w.size * cfg.batch_size * cfg.gradient_accumulation_steps)
         with preserved_rng(cfg.seed):  # dropout draws from torch's global generator: give it back afterwards
-            self._epochs(seqs, batches, batch_targets, opt, sched, loss_fn, val_score)
+            self._epochs(net, seqs, batches, batch_targets, opt, sched, loss_fn, val_score)
 
-    def _epochs(self, seqs, batches, batch_targets, opt, sched, loss_fn, val_score) -> None:
+    def _epochs(self, net, seqs, batches, batch_targets, opt, sched, loss_fn, val_score) -> None:
         cfg = self.config
         device = self.device
         max_len = self._max_length()
         rng = np.random.default_rng(cfg.seed)
         precision = self.precision
+        accum = cfg.gradient_accumulation_steps
         best, best_state = -np.inf, None
         self.history_ = []
         for epoch in range(cfg.epochs):
             self.model.train()
             t0 = time.perf_counter()
-            total, n = 0.0, 0
-            order = rng.permutation(len(batches))
-            for b in tqdm(order, desc=f"{self.kind} fine-tuning epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                          disable=None):
+            sums = torch.zeros(2, dtype=torch.float64)  # loss x cells, cells (all ranks, for the log)
+            order = split_evenly(rng.permutation(len(batches)))  # the same permutation on every rank
+            opt.zero_grad(set_to_none=True)
+            for i, b in enumerate(tqdm(order, desc=f"{self.kind} fine-tuning epoch {epoch + 1}/{cfg.epochs}",
+                                       leave=False, disable=None)):
                 idx = batches[b]
                 ids, mask = pad_batch([seqs[i] for i in idx], self._pad_id(), max_len)
                 target = batch_targets(idx, ids)
                 ids, mask, target = ids.to(device), mask.to(device), target.to(device)
-                with autocast(precision, device):
-                    logits = self.model(input_ids=ids, attention_mask=mask).logits
-                loss = loss_fn(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                total += float(loss.detach()) * len(idx)
-                n += len(idx)
-            rec = {"epoch": epoch + 1, "train_loss": total / max(n, 1), "seconds": time.perf_counter() - t0,
-                   "n_train": len(seqs)}
+                step = (i + 1) % accum == 0 or i + 1 == len(order)
+                with sync_gradients(net, step), autocast(precision, device):
+                    logits = net(input_ids=ids, attention_mask=mask).logits
+                    loss = loss_fn(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
+                (loss / accum if accum > 1 else loss).backward()
+                if step:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                sums += torch.tensor([float(loss.detach()) * len(idx), len(idx)], dtype=torch.float64)
+            sums = all_reduce_sum(sums)
+            rec = {"epoch": epoch + 1, "train_loss": float(sums[0] / max(sums[1], 1)),
+                   "seconds": time.perf_counter() - t0, "n_train": len(seqs)}
             if val_score is not None:
                 rec["val_macro_f1"] = val_score()
                 if cfg.select_best and rec["val_macro_f1"] > best:
@@ -223,9 +241,17 @@ class _Finetuner:
         """Write a plain Hugging Face model directory (loadable with
         ``BertFor{Sequence,Token}Classification.from_pretrained``) plus the vocabulary and
         ``netformer_classifier.json`` (task, classes, config, training history and the training
-        cells/genes that the baseline needs), atomically."""
+        cells/genes that the baseline needs), atomically. Under torchrun rank 0 writes it, the others wait."""
         if self.model is None:
             raise ConfigError("nothing to save: the classifier is not fitted")
+        if world().distributed:  # under torchrun rank 0 writes; every rank returns once it is written
+            if world().is_main:
+                self._write(path, overwrite)
+            barrier()
+            return Path(path)
+        return self._write(path, overwrite)
+
+    def _write(self, path: str | Path, overwrite: bool) -> Path:
         with atomic_dir(path, overwrite=overwrite) as tmp:
             save_model(self.model.cpu(), tmp, vocab=self.vocab, overwrite=True,
                        tokenizer=tokenizer_settings(self.model_dir))

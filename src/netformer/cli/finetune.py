@@ -40,6 +40,8 @@ def finetune(
     learning_rate: Annotated[float, typer.Option("--lr")] = 5e-4,
     lr_scheduler: Annotated[FinetuneSchedule, typer.Option("--lr-scheduler")] = "linear",
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    grad_accum: Annotated[int, typer.Option("--gradient-accumulation-steps", help="Batches per optimiser step "
+                                            "(their gradients summed).")] = 1,
     freeze_layers: Annotated[int, typer.Option("--freeze-layers", help="Freeze embeddings and the first N "
                                                                        "layers (-1: train the head only).")] = 0,
     max_length: Annotated[Optional[int], typer.Option("--max-length", help="Truncate cells to this many "
@@ -81,8 +83,9 @@ def finetune(
     from ..classify import (CellClassifier, FinetuneConfig, GeneClassifier, cross_validate_cells,
                             cross_validate_genes, search_cells, search_genes)
     from ..classify.cv import check_finetune_inputs, config_settings, data_digest, drop_unlabelled, model_digest
-    from ..runs import MANIFEST, open_run
     from ..classify.data import load_cells, read_gene_labels
+    from ..distributed import barrier, world
+    from ..runs import MANIFEST, open_shared_run
     from ..errors import ConfigError, InputDataError
     from ..genes import model_vocab
     from ..model import attach_vocab, model_input_size
@@ -92,6 +95,11 @@ def finetune(
         raise ConfigError(f"--folds {n_splits}: give 0 (fit only, no evaluation) or at least 2 folds")
     if search < 0:
         raise ConfigError(f"--search {search}: give 0 (no search) or a positive number of trials")
+    w = world()
+    if w.distributed and (n_splits >= 2 or search > 0):
+        raise ConfigError(f"under torchrun ({w.size} processes) netformer finetune trains one model data-parallel: "
+                          "pass --folds 0 --search 0 (cross-validation folds and search trials are separate fits; "
+                          "run those in one process)")
     _refuse_finished(output_dir, overwrite, MANIFEST)
     checked_precision(precision, device)
     tokenized = cells.is_dir()
@@ -103,7 +111,7 @@ def finetune(
     glabels = read_gene_labels(gene_labels) if not cell_task else None
     path, chosen = model_and_vocab(model, subfolder, cells if tokenized else None, vocab)
     cfg = FinetuneConfig(learning_rate=learning_rate, lr_scheduler=value(lr_scheduler), epochs=epochs,
-                         batch_size=batch_size, freeze_layers=freeze_layers, max_length=max_length,
+                         batch_size=batch_size, gradient_accumulation_steps=grad_accum, freeze_layers=freeze_layers, max_length=max_length,
                          class_weights=value(class_weights), seed=seed, device=device,
                          precision=value(precision),
                          lora=None if lora_rank is None else {"r": lora_rank, "alpha": 2 * lora_rank})
@@ -120,14 +128,17 @@ def finetune(
                 "group_column": group_column, "folds": n_splits, "search": search, "n_cells": n_cells, "seed": seed,
                 "vocab": chosen.digest, "model": model_digest(path), "cells": data_digest(data, [label, group_column]),
                 "gene_labels": sorted(glabels.items()) if glabels else None}
-    run = open_run(output_dir, settings, overwrite, "config.json", "fine-tuning run")
+    run = open_shared_run(output_dir, settings, overwrite, "config.json", "fine-tuning run")
     if run.finished:  # a replacement run that was complete when it was killed: now in place
         typer.echo(f"fine-tuned model written to {output_dir / 'model'}")
         return
     out = run.folder
     if model_vocab(path) is None:  # a netformer model directory (checkpoint + dictionary) used from here on
-        path = attach_vocab(path, chosen, out / "pretrained", overwrite=True)
-        typer.echo(f"checkpoint and dictionary {chosen.name!r} saved together in {output_dir / 'pretrained'}")
+        if w.is_main:
+            attach_vocab(path, chosen, out / "pretrained", overwrite=True)
+            typer.echo(f"checkpoint and dictionary {chosen.name!r} saved together in {output_dir / 'pretrained'}")
+        barrier()
+        path = out / "pretrained"
     if search > 0:
         res = (search_cells(path, data, label_column, n_trials=search, base_config=cfg, group_column=group_column,
                             seed=seed, output_dir=out / "search") if cell_task
@@ -146,7 +157,9 @@ def finetune(
         typer.echo(cv.summary().round(4).to_string())
     clf = (CellClassifier(path, cfg).fit(data.dataset, label_column) if cell_task
            else GeneClassifier(path, cfg).fit(data.dataset, glabels))
-    clf.save(out / "model", overwrite=True)
+    clf.save(out / "model", overwrite=True)  # rank 0 writes it
+    if not w.is_main:
+        return
     with atomic_file(out / "config.json") as tmp:  # last: marks the run finished
         tmp.write_text(json.dumps(cfg.to_dict(), indent=1))
     run.commit()
