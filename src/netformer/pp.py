@@ -20,7 +20,7 @@ __all__ = ["build_vocab", "tokenize"]
 
 
 def build_vocab(adata, *, layer: str | None = None, min_cells: int = 10, name: str = "custom",
-                gene_id_column: str | None = "auto") -> GeneVocab:
+                gene_id_column: str | None = "auto", medians: str = "auto") -> GeneVocab:
     """Token dictionary and gene median dictionary of the cells of ``adata`` (or of count files).
 
     Parameters
@@ -31,6 +31,9 @@ def build_vocab(adata, *, layer: str | None = None, min_cells: int = 10, name: s
         Counts from ``adata.layers[layer]`` instead of ``X``.
     min_cells
         Genes detected in fewer cells are left out (default 10).
+    medians
+        ``"exact"``, ``"tdigest"`` (mergeable sketches, bounded memory) or ``"auto"`` (default: exact up
+        to 200,000 cells), as :func:`netformer.tokenize.build_vocab`.
 
     Returns
     -------
@@ -46,7 +49,7 @@ def build_vocab(adata, *, layer: str | None = None, min_cells: int = 10, name: s
     from .tokenize import build_vocab as _build
 
     sources = adata if isinstance(adata, (list, tuple)) else [adata]
-    return _build(sources, gene_id_column=gene_id_column, min_cells=min_cells, name=name, layer=layer)
+    return _build(sources, gene_id_column=gene_id_column, min_cells=min_cells, name=name, layer=layer, medians=medians)
 
 
 def tokenize(adata, vocab: GeneVocab, *, model_input_size: int = 2048, layer: str | None = None,

@@ -34,6 +34,8 @@ def perturb(
     filter_: Annotated[Optional[List[str]], typer.Option("--filter", help="COLUMN=V1,V2 cell filter; "
                                                                           "repeat.")] = None,
     max_cells: Annotated[Optional[int], typer.Option(help="Cap on perturbed cells (drawn with --seed).")] = None,
+    max_state_cells: Annotated[int, typer.Option(help="Cells per state averaged into its position (drawn with "
+                                                      "--seed).")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed for cell sampling and statistics.")] = 0,
     layer: Annotated[int, typer.Option(help="Embedding layer (hidden-state index).")] = -2,
     pooling: Annotated[Pooling, typer.Option(help="Cell embedding: mean over gene tokens, or cls.")] = "mean",
@@ -73,6 +75,7 @@ def perturb(
                         fraction=fraction, mode=value(mode), top_k=top_k, screen_anchors=screen_anchors, layer=layer,
                         pooling=value(pooling),
                         batch_size=batch_size, cell_filter=cell_filter or None, max_cells=max_cells, seed=seed,
+                        max_state_cells=max_state_cells,
                         chunk_cells=chunk_cells, gene_effects=gene_effects, device=device,
                         precision=value(precision))
     ds = load_tokenized(data)
