@@ -7,7 +7,7 @@ gene of each cell, shift toward the control state (``--start stim --goal ctrl``)
 
     torchrun --standalone --nproc_per_node N -m netformer -- perturb MODEL CELLS --out OUT ...
 
-with ``OMP_NUM_THREADS`` unset, so :func:`netformer.distributed.init` gives each of the N ranks
+with ``OMP_NUM_THREADS`` unset, so :func:`netformer.distributed.place` gives each of the N ranks
 ``cores // N`` threads (1 rank: PyTorch's default, every core); and 1 rank with 1 thread, the per-rank
 throughput a projection scales (speed-ups are against that row). The state positions (``--state-cells``
 per state) are computed once, on rank 0, before the chunks start (not sharded). Timed: the whole command (Python start,

@@ -6,9 +6,9 @@ the same environment. A job started by ``torchrun --nproc_per_node N -m netforme
 ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` in its environment; without them it is one process of
 a world of one, and every function here is a no-op.
 
-- :func:`init` joins the process group (``nccl`` when the job runs on CUDA, else ``gloo``), pins
-  rank ``r`` to GPU ``LOCAL_RANK`` when CUDA is present, and otherwise divides the CPU threads
-  among the ranks of the node (unless ``OMP_NUM_THREADS`` says otherwise).
+- :func:`init` joins the process group (``nccl`` when the job runs on CUDA, else ``gloo``) and
+  :func:`place` s the rank: GPU ``LOCAL_RANK`` when CUDA is present, otherwise ``cores // ranks`` CPU
+  threads of its node (``NETFORMER_THREADS`` overrides).
 - :func:`my_chunks` gives a rank its deterministic share of a job's chunks (chunk ``i`` belongs to
   rank ``i mod world size``). Chunks are fixed by the job's settings, never by the number of ranks,
   so a run killed with N ranks resumes with M, and the merged result equals a one-process run.
@@ -64,20 +64,37 @@ def init(device: torch.device | str | None = None) -> World:
         return w
     import torch.distributed as dist
 
-    on_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
-    if on_cuda:
-        torch.cuda.set_device(w.local_rank % torch.cuda.device_count())
-    elif "OMP_NUM_THREADS" not in os.environ:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - not Linux
-            cpus = os.cpu_count() or 1
-        torch.set_num_threads(max(1, cpus // max(w.local_size, 1)))
+    on_cuda = place(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if on_cuda else "gloo")
         log.info("rank %d of %d joined the process group (%s, %d CPU threads)", w.rank, w.size,
                  dist.get_backend(), torch.get_num_threads())
     return w
+
+
+def place(device: torch.device | str | None = None) -> bool:
+    """Put this rank on its GPU (``LOCAL_RANK``) when the job runs on CUDA, else give it ``cores // ranks on
+    the node`` PyTorch threads (``NETFORMER_THREADS`` overrides; ``OMP_NUM_THREADS`` is not used, because
+    torchrun sets it to 1 for every rank of a multi-process job). Returns whether the rank is on CUDA.
+    One process: nothing is changed."""
+    w = world()
+    on_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+    if not w.distributed:
+        return on_cuda
+    if on_cuda:
+        torch.cuda.set_device(w.local_rank % torch.cuda.device_count())
+        return True
+    if os.environ.get("NETFORMER_THREADS"):
+        threads = int(os.environ["NETFORMER_THREADS"])
+    else:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            cpus = os.cpu_count() or 1
+        threads = max(1, cpus // max(w.local_size, 1))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return False
 
 
 def barrier() -> None:

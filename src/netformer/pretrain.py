@@ -29,7 +29,7 @@ import torch
 
 from ._io import atomic_file, check_output, remove_dir, replace_dir
 from ._state import preserved_rng
-from .distributed import world
+from .distributed import place, world
 from .encoder import check_dataset, default_device, pad_batch
 from .precision import resolve_precision
 from .errors import ConfigError
@@ -380,6 +380,7 @@ def _train(dataset, vocab: GeneVocab, cfg: PretrainConfig, mcfg, max_len: int, o
            callbacks: Sequence) -> PretrainResult:
     import time
 
+    place(cfg.device)  # a rank of a torchrun job: its GPU, or its share of the CPU threads
     model = masked_gene_model(mcfg, seed=cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("pretraining %s (%.2fM parameters) on %d cells, max length %d, in %s", cfg.preset, n_params / 1e6,
