@@ -18,6 +18,7 @@ a world of one, and every function here is a no-op.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ from typing import Sequence
 import torch
 
 log = logging.getLogger(__name__)
+
+WAIT = datetime.timedelta(hours=24)
+"""How long a rank waits for the others at a barrier (PyTorch's default, 10-30 min, is shorter than the
+spread of a long screen's ranks)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,8 @@ def init(device: torch.device | str | None = None) -> World:
 
     on_cuda = place(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if on_cuda else "gloo")
+        # ranks wait at a barrier for the slowest one (a rank that dies is stopped by torchrun, not by this)
+        dist.init_process_group("nccl" if on_cuda else "gloo", timeout=WAIT)
         log.info("rank %d of %d joined the process group (%s, %d CPU threads)", w.rank, w.size,
                  dist.get_backend(), torch.get_num_threads())
     return w
@@ -84,14 +90,12 @@ def place(device: torch.device | str | None = None) -> bool:
     if on_cuda:
         torch.cuda.set_device(w.local_rank % torch.cuda.device_count())
         return True
+    from .cluster import available_cpus
+
     if os.environ.get("NETFORMER_THREADS"):
         threads = int(os.environ["NETFORMER_THREADS"])
     else:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - not Linux
-            cpus = os.cpu_count() or 1
-        threads = max(1, cpus // max(w.local_size, 1))
+        threads = max(1, available_cpus() // max(w.local_size, 1))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return False
@@ -112,11 +116,47 @@ def my_chunks(n_chunks: int, w: World | None = None) -> list[int]:
 
 
 def split_evenly(items: Sequence, w: World | None = None) -> list:
-    """This rank's items of ``items`` (round robin), all ranks given the same number (the last items,
-    which would leave ranks unequal, are dropped): what each rank of a data-parallel training step takes."""
+    """This rank's items of ``items`` (round robin), every rank given the same number: the last
+    ``len(items) % size`` items, which would leave the ranks unequal, are dropped (what each rank of a
+    data-parallel training step takes; fewer items than ranks gives none to anyone)."""
     w = w or world()
-    n = len(items) - len(items) % w.size if len(items) >= w.size else len(items)
+    n = len(items) - len(items) % w.size
     return list(items[w.rank:n:w.size])
+
+
+def refuse(what: str) -> None:
+    """Raise :class:`~netformer.errors.ConfigError` under torchrun for a job that runs in one process."""
+    w = world()
+    if w.distributed:
+        from .errors import ConfigError
+
+        raise ConfigError(f"{what} runs in one process; it is not sharded over the {w.size} processes of this "
+                          "torchrun job: run it without torchrun")
+
+
+def from_main(make):
+    """``make()`` called on rank 0 and its result given to every rank (``torch.distributed`` broadcast); an
+    exception raised there is raised on every rank (as the same :mod:`netformer.errors` type when it is one).
+    One process: ``make()``."""
+    import torch.distributed as dist
+
+    w = world()
+    if not w.distributed:
+        return make()
+    init()
+    box = [None]
+    if w.is_main:
+        try:
+            box[0] = ("ok", make())
+        except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+            box[0] = ("error", type(exc).__name__, str(exc))
+    dist.broadcast_object_list(box, src=0)
+    if box[0][0] == "ok":
+        return box[0][1]
+    from . import errors
+
+    cls = getattr(errors, box[0][1], None)
+    raise (cls if isinstance(cls, type) and issubclass(cls, Exception) else RuntimeError)(box[0][2])
 
 
 def sync_gradients(net, step: bool):

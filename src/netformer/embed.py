@@ -18,7 +18,6 @@ where the hardware multiplies bf16 natively (CUDA, AMX or AVX512-BF16 CPUs).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -162,9 +161,10 @@ def _embed(base, seqs, vocab: GeneVocab, cfg: EmbeddingConfig) -> np.ndarray:
     return out
 
 
-def _embed_chunked(base, dataset, seqs, vocab: GeneVocab, cfg: EmbeddingConfig, run_dir: Path) -> np.ndarray:
-    """Embed chunk by chunk into ``run_dir`` (resumable; under torchrun rank ``r`` takes chunks ``r, r + N, ...``),
-    then read every chunk back in order. A run folder holding another run's chunks is started afresh."""
+def _embed_chunked(base, dataset, seqs, vocab: GeneVocab, cfg: EmbeddingConfig, run_dir: Path) -> np.ndarray | None:
+    """Embed chunk by chunk into ``run_dir`` (resumable; under torchrun the chunks left are shared out over the
+    ranks), then read every chunk back in order on rank 0 (the others return None). A work folder holding
+    another run's chunks, or no readable manifest, is started afresh."""
     w = init_world(cfg.device)
     d = asdict(cfg)
     for k in ("device", "batch_size"):
@@ -172,17 +172,19 @@ def _embed_chunked(base, dataset, seqs, vocab: GeneVocab, cfg: EmbeddingConfig, 
     settings = {"config": d, "model": parameters_digest(base), "cells": tokens_digest(dataset, range(len(seqs)))}
     if w.is_main:
         old = read_manifest(run_dir)
-        if old is not None and old.get("fingerprint") != fingerprint(json.loads(json.dumps(settings, default=str))):
-            log.info("the embedding work folder holds another run's chunks; starting afresh")
+        if run_dir.exists() and (old is None or old.get("fingerprint") != fingerprint(settings)):
+            log.info("the embedding work folder holds no run with these settings; starting afresh")
             remove_dir(run_dir)
     run = open_shared_run(run_dir, settings, False, "embeddings.npy", "embedding run")
     starts = list(range(0, len(seqs), cfg.chunk_cells))
     done = done_pieces(run.folder)
-    todo = [ci for ci in my_chunks(len(starts), w) if ci not in done]
-    if todo:
-        log.info("embedding %d of %d chunks of %d cells%s", len(todo), len(starts), cfg.chunk_cells,
+    barrier()  # every rank has read the same finished chunks before any writes more
+    todo = [ci for ci in range(len(starts)) if ci not in done]
+    mine = [todo[i] for i in my_chunks(len(todo), w)]
+    if mine:
+        log.info("embedding %d of %d chunks of %d cells%s", len(mine), len(starts), cfg.chunk_cells,
                  f" on rank {w.rank} of {w.size}" if w.distributed else "")
-    for ci in todo:
+    for ci in mine:
         lo = starts[ci]
         emb = _embed(base, seqs[lo: lo + cfg.chunk_cells], vocab, cfg)
         with atomic_file(run.folder / "shards" / f"cells_{ci:05d}.npy") as tmp:
@@ -190,6 +192,8 @@ def _embed_chunked(base, dataset, seqs, vocab: GeneVocab, cfg: EmbeddingConfig, 
                 np.save(fh, emb)
         mark_done(run.folder, ci, {"n_cells": len(emb)})
     barrier()
+    if not w.is_main:
+        return None
     return np.concatenate([np.load(run.folder / "shards" / f"cells_{ci:05d}.npy") for ci in range(len(starts))])
 
 

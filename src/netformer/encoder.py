@@ -47,16 +47,15 @@ def base_model(model):
 # device
 # ------------------------------------------------------------------------------------------------
 def default_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else CUDA when available (GPU ``LOCAL_RANK`` for a rank of a torchrun job), else
-    CPU (never hard-coded)."""
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        from .distributed import world
+    """``device`` if given, else CUDA when available, else CPU (never hard-coded). A rank of a torchrun job
+    asking for CUDA without an index gets its own GPU, ``LOCAL_RANK``."""
+    from .distributed import world
 
-        w = world()  # one GPU per rank of a torchrun job: GPU LOCAL_RANK
-        return torch.device("cuda", w.local_rank % torch.cuda.device_count()) if w.distributed else torch.device("cuda")
-    return torch.device("cpu")
+    want = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    w = world()
+    if want.type == "cuda" and want.index is None and w.distributed and torch.cuda.is_available():
+        return torch.device("cuda", w.local_rank % torch.cuda.device_count())  # one GPU per rank: GPU LOCAL_RANK
+    return want
 
 
 def model_device(model, device: str | torch.device | None = None) -> torch.device:
@@ -71,7 +70,7 @@ def model_device(model, device: str | torch.device | None = None) -> torch.devic
         here = torch.device("cpu")
     if device is None:
         return here
-    want = torch.device(device)
+    want = default_device(device)  # "cuda" under torchrun: this rank's GPU
     if want.type == "cuda" and want.index is None:
         want = torch.device("cuda", torch.cuda.current_device())
     if want != here:

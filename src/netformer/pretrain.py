@@ -210,8 +210,10 @@ def _trainer(model, args, dataset, collator, callbacks=()):
         def _get_train_sampler(self, train_dataset=None):
             ds = train_dataset if train_dataset is not None else self.train_dataset
             lengths = ds["length"] if "length" in ds.column_names else [len(x) for x in ds["input_ids"]]
-            return sampler_cls(self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths,
-                               self.args.seed, collator)
+            # grouped by the global batch: Accelerate deals its batches to the ranks in turn, so every step
+            # holds the cells of one process's step with the same global batch
+            return sampler_cls(self.args.train_batch_size * self.args.gradient_accumulation_steps
+                               * self.args.world_size, lengths, self.args.seed, collator)
 
     return _GeneTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                         callbacks=list(callbacks) or None, compute_loss_func=masked_gene_loss)

@@ -215,14 +215,10 @@ def done_pieces(folder: Path | None, manifest: Mapping | None = None) -> dict[in
 
 def open_shared_run(final: str | Path, settings: dict, overwrite: bool, done_file: str, what: str) -> RunFolder:
     """:func:`open_run` for every rank of a ``torchrun`` job: rank 0 opens (creates, resumes or stages) the
-    run, then the other ranks open the same folder, and nobody writes into it before all have (the
-    temporaries a resume cleans are a killed run's, never a live rank's). One process: :func:`open_run`."""
-    from .distributed import barrier, world
+    run and every rank gets its answer (the same folder and finished flag; rank 0's error raised on every
+    rank), before any rank writes into it. One process: :func:`open_run`."""
+    from .distributed import barrier, from_main
 
-    w = world()
-    run = open_run(final, settings, overwrite, done_file, what) if w.is_main else None
-    barrier()
-    if not w.is_main:
-        run = open_run(final, settings, overwrite, done_file, what)
+    run = from_main(lambda: open_run(final, settings, overwrite, done_file, what))
     barrier()
     return run

@@ -952,13 +952,9 @@ class TranscriptomeTokenizer:
 
 
 def _n_threads(threads: int | None) -> int:
-    if threads is not None:
-        return int(threads)
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        n = os.cpu_count() or 1
-    return max(1, min(4, n))
+    from .cluster import available_cpus
+
+    return int(threads) if threads is not None else min(4, available_cpus())
 
 
 class _NumpyEncoder:
@@ -1295,7 +1291,10 @@ def build_vocab(
             n_cells += src.n_obs
     if medians == "auto":
         medians = "exact" if n_cells <= EXACT_MEDIAN_MAX_CELLS else "tdigest"
-        log.info("gene medians: %s (%d cells; exact up to %d)", medians, n_cells, EXACT_MEDIAN_MAX_CELLS)
+        (log.warning if medians == "tdigest" else log.info)(
+            "gene medians: %s (%d cells; exact up to %d)%s", medians, n_cells, EXACT_MEDIAN_MAX_CELLS,
+            "; sketched medians reorder genes of equal count in most cells (docs/distributed.md): pass "
+            "medians='exact' (CLI --medians exact) for exact ones" if medians == "tdigest" else "")
     settings = {"layer": layer, "gene_id_column": gene_id_column, "chunk_size": chunk_size,
                 "target_sum": target_sum, "sketch": medians == "tdigest", "compression": float(compression)}
     results = run_tasks(_median_task, [t[1:] for t in tasks], client, shared=settings, desc="gene medians")

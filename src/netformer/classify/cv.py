@@ -26,14 +26,21 @@ import numpy as np
 import pandas as pd
 
 from .._io import atomic_dir, atomic_file
+from ..distributed import refuse
 from ..errors import ConfigError, InputDataError
-from ..runs import RunFolder, fingerprint as _fingerprint, open_run
+from ..runs import RunFolder, open_run
+from ..runs import fingerprint as _fingerprint
 from .baselines import gene_expression_stats
 from .config import FinetuneConfig
 from .data import CellData, get_labels, resolve_gene_labels
 from .evaluate import Evaluation, _assemble, evaluate_cells, evaluate_genes
 from .models import CellClassifier, GeneClassifier
-from .splits import check_labels, check_training_classes, kfold_indices, train_val_test_split
+from .splits import (
+    check_labels,
+    check_training_classes,
+    kfold_indices,
+    train_val_test_split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +168,7 @@ def drop_unlabelled(data: CellData, label_column: str) -> CellData:
 
 
 def _folds(y, n_splits: int, groups, seed: int, what: str):
+    refuse("cross-validation (its folds are separate fits)")
     folds = kfold_indices(y, n_splits, groups=groups, seed=seed, what=what)
     check_training_classes(y, folds, what)
     return folds

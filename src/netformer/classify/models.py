@@ -158,6 +158,9 @@ class _Finetuner:
         lengths = [min(len(s), max_len) for s in seqs]
         batches = length_sorted_batches(lengths, cfg.batch_size)
         per_rank = len(split_evenly(range(len(batches)), w))
+        if per_rank == 0:
+            raise ConfigError(f"{len(seqs)} training cells make {len(batches)} batches of {cfg.batch_size}, fewer than the "
+                              f"{w.size} processes: lower the batch size or use fewer processes")
         n_steps = -(-per_rank // cfg.gradient_accumulation_steps) * cfg.epochs
         opt, sched = self._optimizer(n_steps)
         loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device), ignore_index=-100)

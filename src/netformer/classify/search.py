@@ -29,9 +29,11 @@ import numpy as np
 import pandas as pd
 
 from .._io import atomic_file
+from ..distributed import refuse
 from ..errors import ConfigError
+from ..runs import RunFolder, open_run
+from ..runs import fingerprint as _fingerprint
 from .config import SCHEDULES, FinetuneConfig
-from ..runs import RunFolder, fingerprint as _fingerprint, open_run
 from .cv import _gene_table, _holdout, config_settings, data_digest, model_digest
 from .data import CellData, get_labels
 from .evaluate import evaluate_cells, evaluate_genes
@@ -107,6 +109,7 @@ def _run(objective, n_trials: int, seed: int, space: SearchSpace, base: Finetune
          run: RunFolder | None = None) -> SearchResult:
     """Run (or resume) the search: the trials recorded in ``run`` are replayed, the others evaluated
     and recorded one by one; the result uses the first ``n_trials`` trials."""
+    refuse("a hyperparameter search (its trials are separate fits)")
     import optuna
 
     verbosity = optuna.logging.get_verbosity()

@@ -85,6 +85,7 @@ def finetune(
     from ..classify.cv import check_finetune_inputs, config_settings, data_digest, drop_unlabelled, model_digest
     from ..classify.data import load_cells, read_gene_labels
     from ..distributed import barrier, world
+    from ..distributed import init as init_world
     from ..runs import MANIFEST, open_shared_run
     from ..errors import ConfigError, InputDataError
     from ..genes import model_vocab
@@ -128,6 +129,7 @@ def finetune(
                 "group_column": group_column, "folds": n_splits, "search": search, "n_cells": n_cells, "seed": seed,
                 "vocab": chosen.digest, "model": model_digest(path), "cells": data_digest(data, [label, group_column]),
                 "gene_labels": sorted(glabels.items()) if glabels else None}
+    init_world(device)  # a rank of a torchrun job joins the others (its GPU, or its share of the CPU)
     run = open_shared_run(output_dir, settings, overwrite, "config.json", "fine-tuning run")
     if run.finished:  # a replacement run that was complete when it was killed: now in place
         typer.echo(f"fine-tuned model written to {output_dir / 'model'}")

@@ -392,10 +392,11 @@ def perturb(
 
     results, genes_parts, new_chunks = [], [], 0
     done = done_pieces(out, manifest)
-    mine = [ci for ci in my_chunks(len(chunks), w) if ci not in done]
+    barrier()  # every rank has read the same finished chunks before any writes more
+    todo = [ci for ci in range(len(chunks)) if ci not in done]
+    mine = [todo[i] for i in my_chunks(len(todo), w)]  # the remaining chunks, shared out afresh on a resume
     if w.distributed:
-        log.info("rank %d of %d: %d of its %d chunks to compute", w.rank, w.size, len(mine),
-                 len(my_chunks(len(chunks), w)))
+        log.info("rank %d of %d: %d of the %d chunks left", w.rank, w.size, len(mine), len(todo))
     with ExactEvaluator(base, vocab.special_ids, cfg.layer, cfg.pooling, cfg.batch_size, device) as ev:
         for ci in tqdm(mine, desc="perturbing" if not w.distributed else f"perturbing (rank {w.rank})",
                        unit="chunk", disable=None):
@@ -411,6 +412,10 @@ def perturb(
                 done[ci] = {"skipped": skipped}
             new_chunks += 1
     barrier()  # every rank's shards are on disk
+    if w.distributed and not w.is_main:  # rank 0 merges and writes the final tables; the others read them
+        barrier()
+        return _finished(final) if (final / "results.parquet").exists() else \
+            PerturbResult(pd.DataFrame(), None, {}, False, state_pos, out)
     if out is not None:  # every finished chunk: this session's, other ranks' and earlier ones, in chunk order
         done = done_pieces(out, manifest)
         results = [_read_shard(out, "results", ci) for ci in sorted(done)]
@@ -427,12 +432,11 @@ def perturb(
         raise InputDataError(f"no perturbation was evaluated: every selected cell was skipped ({skipped_total})")
     res_df = res_df if res_df is not None else pd.DataFrame()
     if out is not None and complete:
-        if w.is_main:  # rank 0 merges and writes the final tables; the others wait, then read them
-            _write_final(out, res_df, gen_df, skipped_total)
-            if out != final:
-                replace_dir(out, final)
-        barrier()
+        _write_final(out, res_df, gen_df, skipped_total)
+        if out != final:
+            replace_dir(out, final)
         out = final
+    barrier()  # the other ranks of a torchrun job wait for these tables
     return PerturbResult(res_df, gen_df, skipped_total, complete, state_pos, out)
 
 
