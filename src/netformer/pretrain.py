@@ -215,23 +215,15 @@ def _trainer(model, args, dataset, collator, callbacks=()):
             return sampler_cls(self.args.train_batch_size * self.args.gradient_accumulation_steps
                                * self.args.world_size, lengths, self.args.seed, collator)
 
-    return _GeneTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                        callbacks=list(callbacks) or None, compute_loss_func=masked_gene_loss)
-
-
-def masked_gene_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-    """Cross-entropy summed over the masked genes of this process's batch, divided by the masked genes of
-    the whole step (``num_items_in_batch``: all ranks and accumulation steps, counted by the Trainer), so a
-    data-parallel step optimises the same loss as one process with the same global batch.
-
-    Why not the model's own loss: transformers 5 scales a model's loss by the number of processes when its
-    ``forward`` takes ``**kwargs``, but ``BertForMaskedLM`` averages over its own batch and ignores
-    ``num_items_in_batch``, so under DDP its loss and gradients came out multiplied by the world size."""
-    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-    total = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                              ignore_index=-100, reduction="sum")
-    n = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
-    return total / torch.as_tensor(n, device=total.device).clamp(min=1)
+    trainer = _GeneTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                           callbacks=list(callbacks) or None)
+    # transformers 5 multiplies the loss of a model whose forward takes **kwargs by the number of processes,
+    # expecting the model to divide by the masked genes of all of them; BertForMaskedLM averages over its own
+    # batch instead, so on 2 processes its loss and gradient came out doubled. Without the flag each rank's
+    # loss is its batch's mean and DDP averages the gradients over the ranks (equal to one process with the
+    # global batch up to the ranks' different numbers of masked genes).
+    trainer.model_accepts_loss_kwargs = False
+    return trainer
 
 
 def masked_gene_model(config, seed: int = 0):
