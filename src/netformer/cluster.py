@@ -178,6 +178,9 @@ def _run_on_dask(fn, tasks, client, shared, desc, bar, note) -> Iterator:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "large object in task graph": sent once, on purpose
         shared_f = client.submit(_same, shared, key=f"netformer-{run}-shared")
+        # a copy on every worker: else the scheduler keeps every task beside the one copy (data locality)
+        # and, on a quiet cluster, one worker runs them all
+        client.replicate([shared_f])
         futures = [client.submit(fn, shared_f, *task, key=f"netformer-{run}-{i:06d}")
                    for i, task in enumerate(tasks)]
     index = {f.key: i for i, f in enumerate(futures)}
