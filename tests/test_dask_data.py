@@ -70,8 +70,13 @@ def assert_same_dataset(one, two):
 
 def test_two_workers_equal_one_process(client, files, v2, tmp_path):
     s1 = tokenizer(v2).write(files, tmp_path / "one")
-    s2 = tokenizer(v2).write(files, tmp_path / "two", client=client, rows_per_task=ROWS)
+    from distributed import get_task_stream
+
+    with get_task_stream(client) as stream:
+        s2 = tokenizer(v2).write(files, tmp_path / "two", client=client, rows_per_task=ROWS)
     assert s1 == s2 and s2.n_cells_out == 4700 and s2.files == [f.name for f in files]
+    # both workers ran tasks (the plan is copied to each; with one copy the scheduler kept every task beside it)
+    assert len({t["worker"] for t in stream.data if "-shared" not in str(t["key"])}) == 2
     ds = assert_same_dataset(tmp_path / "one", tmp_path / "two")
     shards = sorted(p.name for p in (tmp_path / "two").glob("*.arrow"))
     assert len(shards) == 16 and shards[-1] == "data-00015-of-00016.arrow"  # one per task, named in order
