@@ -111,7 +111,7 @@ def kang_folder(tiny_pretrained, tmp_path_factory) -> Path:
 
 def perturb_cli(model, data, out, *extra) -> subprocess.Popen:
     args = [sys.executable, "-m", "netformer", "perturb", str(model), str(data), "--out", str(out), "--device", "cpu",
-            "--state-column", "condition", "--start", "stim", "--goal", "ctrl", "--max-cells", "12",
+            "--state-column", "condition", "--start", "stim", "--goal", "ctrl", "--max-cells", "6",
             "--chunk-cells", "1", *extra]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
