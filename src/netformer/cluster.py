@@ -161,9 +161,10 @@ def run_tasks(fn: Callable, tasks: Sequence[tuple], client=None, *, shared: Any 
     try:
         if client is None:
             for i, task in enumerate(tasks):
-                yield fn(shared, *task)
+                result = fn(shared, *task)
                 bar.update()
-                note(i + 1)
+                note(i + 1)  # before the result is handed on: the caller may stop after the last one
+                yield result
             return
         yield from _run_on_dask(fn, tasks, client, shared, desc, bar, note)
     finally:
