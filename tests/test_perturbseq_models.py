@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -10,7 +11,13 @@ from netformer.errors import ConfigError, InputDataError
 from netformer.perturbseq.data import read_perturbseq
 from netformer.perturbseq.gears import GEARSConfig, GEARSModel, reference_forward
 from netformer.perturbseq.metrics import METRICS, evaluate
-from netformer.perturbseq.models import Additive, NoChange, PerturbationModel, RidgeModel, TrainMean
+from netformer.perturbseq.models import (
+    Additive,
+    NoChange,
+    PerturbationModel,
+    RidgeModel,
+    TrainMean,
+)
 from netformer.perturbseq.splits import split_conditions
 
 # doubles whose two singles are measured (combo_seen2 when all singles are in training)
@@ -218,3 +225,41 @@ def test_gears_two_forwards_before_backward(gears_fit):
     b(x, nodes[1]).sum().backward()
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, msg=name)
+
+
+def test_sgc_closed_form_equals_gradient_descent():
+    """SGC (Wu et al. 2019): the dual closed form equals gradient descent on the primal ridge problem,
+    and an unmeasured gene with no measured neighbour within 2K hops gets only the training mean."""
+    from netformer.perturbseq.data import PerturbData
+    from netformer.perturbseq.models import SGCModel, symmetric_gcn_operator
+
+    rng = np.random.default_rng(0)
+    genes = [f"G{i}" for i in range(8)]
+    # path G0-G1-...-G5 plus an isolated pair G6-G7
+    edges = pd.DataFrame({"source": [f"G{i}" for i in range(5)] + ["G6"],
+                          "target": [f"G{i + 1}" for i in range(5)] + ["G7"], "importance": 1.0})
+    readouts = [f"R{j}" for j in range(4)]
+    ctrl = rng.normal(size=4)
+    X = np.vstack([ctrl + rng.normal(size=(9, 4)), ctrl])
+    data = PerturbData.from_arrays(X, genes + ["G4+G5", "ctrl"], readouts)
+    train = ["G0", "G1", "G3", "G4+G5"]
+    m = SGCModel(hops=2, ridge=0.3, go_graph=edges).fit(data, train)
+    nodes, S = symmetric_gcn_operator(edges)
+    F = m.features(train).toarray()
+    np.testing.assert_allclose(F[0], (S @ S).toarray()[list(nodes).index("G0")])
+    Y = data.delta(train)
+    W, b = np.zeros((F.shape[1], 4)), np.zeros(4)
+    lr = 0.5 / (np.linalg.norm(F, 2) ** 2 + m.lambda_ + len(train))
+    for _ in range(60_000):
+        r = F @ W + b - Y
+        W -= lr * 2 * (F.T @ r + m.lambda_ * W)
+        b -= lr * 2 * r.sum(0)
+    np.testing.assert_allclose(m.coef_, W, atol=1e-8)
+    np.testing.assert_allclose(m.intercept_, b, atol=1e-8)
+    test = ["G2", "G5", "G6", "G2+G6"]
+    np.testing.assert_allclose(m.predict_delta(test), m.features(test).toarray() @ W + b, atol=1e-8)
+    # G6 shares no node with any training gene: its prediction is the intercept b (no neighbour information)
+    np.testing.assert_allclose(m.predict_delta(["G6"])[0], b, atol=1e-8)
+    assert m.embed(test).shape == (4, len(train))
+    with pytest.raises(ConfigError):
+        SGCModel(hops=0)

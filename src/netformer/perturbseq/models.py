@@ -20,6 +20,9 @@ prediction does not yet outperform simple linear baselines", Nat Methods 2025:
 * :class:`RidgeModel` - the paper's linear model ``Y ~ G W P^T + b`` with gene embeddings ``G``
   (PCA of the training effects) and perturbation embeddings ``P`` from the GO graph.
 
+A linear graph model: :class:`SGCModel`, Simple Graph Convolution (Wu et al., ICML 2019) fitted in
+closed form on the propagated one-hot of the perturbed gene.
+
 The GEARS-style GNN is :class:`netformer.perturbseq.gears.GEARSModel`.
 """
 
@@ -31,13 +34,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from ..errors import ConfigError, InputDataError
 from .data import CONTROL, PerturbData, canonical_condition, condition_genes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Additive", "NoChange", "PerturbationModel", "RidgeModel", "TrainMean"]
+__all__ = ["Additive", "NoChange", "PerturbationModel", "RidgeModel", "SGCModel", "TrainMean"]
 
 
 class PerturbationModel(abc.ABC):
@@ -184,6 +188,23 @@ class Additive(PerturbationModel):
         return sum(g in self.single_effects_ for g in condition_genes(canonical_condition(condition)))
 
 
+def symmetric_gcn_operator(go_graph: pd.DataFrame | str | None) -> tuple[pd.Index, "sp.csr_matrix"]:
+    """Node index and ``S = (A_hat + A_hat^T) / 2`` of a gene graph, ``A_hat`` from
+    :func:`~netformer.graphs.gcn_normalize` (self loops added); shape (n_nodes, n_nodes).
+
+    ``go_graph``: edge DataFrame ``source,target,importance`` or path (default: the GO graph of the
+    shared data folder, :func:`~netformer.graphs.go_graph`). Used by :class:`RidgeModel` and
+    :class:`SGCModel` (and the semi-synthetic generator of :mod:`netformer.select.synthetic`).
+    """
+    from ..graphs import GeneGraph, gcn_normalize
+    from ..graphs import go_graph as load_go
+
+    edges = go_graph if isinstance(go_graph, pd.DataFrame) else load_go(go_graph)
+    nodes = pd.unique(np.concatenate([edges["source"].to_numpy(str), edges["target"].to_numpy(str)]))
+    A = gcn_normalize(GeneGraph.from_edges(edges, nodes).adjacency)
+    return pd.Index(nodes), ((A + A.T) * 0.5).tocsr()
+
+
 class RidgeModel(PerturbationModel):
     """Linear model of Ahlmann-Eltze, Huber and Anders (2025): ``Y ~ G W P^T + b``.
 
@@ -261,13 +282,7 @@ class RidgeModel(PerturbationModel):
         if self.pert_embedding == "pca":
             self._table = pd.DataFrame(self.G_, index=data.genes)
             return
-        from ..graphs import GeneGraph, gcn_normalize, go_graph
-
-        edges = go_graph(self.go_graph) if not isinstance(self.go_graph, pd.DataFrame) else self.go_graph
-        nodes = pd.unique(np.concatenate([edges["source"].to_numpy(str), edges["target"].to_numpy(str)]))
-        A = gcn_normalize(GeneGraph.from_edges(edges, nodes).adjacency)
-        self._A = ((A + A.T) * 0.5).tocsr()
-        self._node_index = pd.Index(nodes)
+        self._node_index, self._A = symmetric_gcn_operator(self.go_graph)
         anchors = sorted({g for c in train for g in condition_genes(c)})
         acols = self._node_index.get_indexer(anchors)
         self._anchor_cols = acols[acols >= 0]
@@ -317,3 +332,131 @@ class RidgeModel(PerturbationModel):
         if self.W_ is None:
             return np.zeros((len(self._canon(conditions)), 1))
         return self._embed_conditions(self._canon(conditions))
+
+
+class SGCModel(PerturbationModel):
+    """Simple Graph Convolution (Wu et al., "Simplifying Graph Convolutional Networks", ICML 2019)
+    as a perturbation outcome model, fitted in closed form.
+
+    A perturbation of gene ``u`` has the feature vector ``x_u = e_u^T S^K`` (n_nodes,): the one-hot
+    of ``u`` propagated ``K = hops`` times by ``S``, the symmetrised GCN-normalised gene graph
+    (:func:`symmetric_gcn_operator`; a double's feature is the sum of its genes'). The change from
+    control is linear in it, ``delta_u = x_u W + b`` (``W`` n_nodes x n_genes, ``b`` n_genes), fitted
+    by ridge regression with an unpenalised intercept::
+
+        min_{W, b}  || X W + 1 b^T - Y ||_F^2 + lambda ||W||_F^2
+
+    over the training perturbations (``X`` their features, ``Y`` their measured changes). The
+    solution is computed in the dual (kernel) form, exact for any n_nodes: with ``Xc = X - 1 xbar``,
+    ``Yc = Y - 1 ybar``, ``W = Xc^T (Xc Xc^T + lambda I)^-1 Yc`` and ``b = ybar - xbar W``.
+    ``x_u Xc^T`` is non-zero only when ``u`` shares a node within ``2K`` hops with a training gene,
+    so the prediction for an unmeasured gene comes only from measured graph neighbours (and the
+    mean training change ``ybar`` otherwise, up to the centring term) - the mechanism of
+    GraphReach's theory (Panagopoulos et al. 2025, arXiv 2503.14571).
+
+    Parameters
+    ----------
+    hops : int, default 1
+        K, propagation steps (SGC's K; GEARS uses one GO layer).
+    ridge : float, default 0.1
+        Penalty. With ``relative_ridge`` (default) ``lambda = ridge * trace(Xc Xc^T) / n_train``
+        (scale-free: the mean squared centred feature norm); else ``lambda = ridge``. The value used
+        is ``lambda_`` after :meth:`fit`. ``ridge = 0`` is allowed (pseudo-inverse solution).
+    go_graph : edge DataFrame ``source,target,importance`` or path, default the shared GO graph.
+    relative_ridge : bool, default True.
+
+    Genes absent from the graph have a zero feature (logged): they are predicted as ``b``.
+    ``embed`` returns ``x_u Xc^T`` (n, n_train): the centred feature similarity to each training
+    perturbation. After fitting, ``coef_`` is ``W`` (n_nodes x n_genes, dense) and ``intercept_``
+    is ``b``. Raises :class:`ConfigError` for ``hops < 1`` or
+    ``ridge < 0``.
+    """
+
+    name = "sgc"
+
+    def __init__(self, hops: int = 1, ridge: float = 0.1, go_graph: pd.DataFrame | str | None = None,
+                 relative_ridge: bool = True):
+        if hops < 1 or ridge < 0:
+            raise ConfigError("SGCModel needs hops >= 1 and ridge >= 0.")
+        self.hops = hops
+        self.ridge = ridge
+        self.go_graph = go_graph
+        self.relative_ridge = relative_ridge
+
+    def __repr__(self) -> str:
+        return f"SGCModel(hops={self.hops}, ridge={self.ridge}, relative_ridge={self.relative_ridge})"
+
+    def features(self, conditions: Sequence[str]) -> "sp.csr_matrix":
+        """Sparse SGC features (n_conditions, n_nodes): the propagated one-hot of each condition's genes."""
+        self._check_fitted()
+        return self._features(self._canon(conditions))
+
+    def _features(self, conditions: list[str]) -> "sp.csr_matrix":
+        rows, cols = [], []
+        for i, c in enumerate(conditions):
+            for g in condition_genes(c):
+                k = self._pos.get(g, -1)
+                if k >= 0:
+                    rows.append(i)
+                    cols.append(k)
+        n = len(self._node_index)
+        E = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(conditions), n))
+        for _ in range(self.hops):
+            E = (E @ self._S).tocsr()
+        return E
+
+    def _fit(self, data, train):
+        self._node_index, self._S = symmetric_gcn_operator(self.go_graph)
+        self._pos = {g: i for i, g in enumerate(self._node_index)}
+        missing = sorted({g for c in train for g in condition_genes(c)} - set(self._pos))
+        if missing:
+            log.warning("%d training genes are not in the graph (zero SGC feature): %s", len(missing), missing[:10])
+        Y = self._train_deltas()                             # n_train x n_genes
+        self.ybar_ = Y.mean(0) if len(Y) else np.zeros(data.n_genes)
+        if not train:
+            log.warning("SGCModel fitted without training perturbations: predicts control.")
+            self.X_, self.alpha_, self.lambda_ = None, None, 0.0
+            return
+        X = self._features(train)
+        K = np.asarray((X @ X.T).todense(), dtype=np.float64)
+        self._kmean_rows = K.mean(0)
+        self._kmean = K.mean()
+        Kc = K - K.mean(0)[None, :] - K.mean(1)[:, None] + K.mean()
+        n = len(train)
+        lam = self.ridge * (np.trace(Kc) / n if self.relative_ridge else 1.0)
+        self.lambda_ = float(lam)
+        Yc = Y - self.ybar_[None, :]
+        if lam > 0:
+            self.alpha_ = np.linalg.solve(Kc + lam * np.eye(n), Yc)
+        else:
+            self.alpha_ = np.linalg.pinv(Kc, hermitian=True) @ Yc
+        self.X_ = X
+
+    def _centred_kernel(self, conditions: list[str]) -> np.ndarray:
+        kx = np.asarray((self._features(conditions) @ self.X_.T).todense(), dtype=np.float64)
+        return kx - kx.mean(1, keepdims=True) - self._kmean_rows[None, :] + self._kmean
+
+    def _predict_delta(self, conditions):
+        if self.alpha_ is None:
+            return np.zeros((len(conditions), self.data_.n_genes))
+        return self.ybar_[None, :] + self._centred_kernel(conditions) @ self.alpha_
+
+    @property
+    def coef_(self) -> np.ndarray:
+        """``W`` (n_nodes, n_genes) of the primal problem (dense; for small graphs and tests)."""
+        self._check_fitted()
+        xbar = np.asarray(self.X_.mean(0)).ravel()
+        Xc = self.X_.toarray() - xbar[None, :]
+        return Xc.T @ self.alpha_
+
+    @property
+    def intercept_(self) -> np.ndarray:
+        """``b = ybar - xbar W`` (n_genes,)."""
+        xbar = np.asarray(self.X_.mean(0)).ravel()
+        return self.ybar_ - xbar @ self.coef_
+
+    def embed(self, conditions):
+        self._check_fitted()
+        if self.alpha_ is None:
+            return np.zeros((len(self._canon(conditions)), 1))
+        return self._centred_kernel(self._canon(conditions))
