@@ -58,10 +58,13 @@ class CVResult:
         seconds_per_epoch, test groups (when grouped).
     pooled
         :class:`Evaluation` over the concatenated held-out predictions of all folds.
+    genes
+        Gene CV only: the counts of :class:`GeneTable` (labelled, in the dictionary, in no cell, used).
     """
 
     folds: pd.DataFrame
     pooled: Evaluation
+    genes: dict | None = None
 
     def summary(self) -> pd.DataFrame:
         """Mean and standard deviation over folds of each metric, for model and baseline."""
@@ -181,9 +184,43 @@ def _holdout(y, val_size: float, groups, seed: int, what: str) -> tuple[np.ndarr
     return split["train"], split["test"]
 
 
-def _gene_table(model_dir, data: CellData, gene_labels, config: FinetuneConfig, on_missing: str = "drop",
-                with_stats: bool = True):
-    """Labelled genes that occur in the tokenized cells (and in the counts): ``(genes, y, stats)``."""
+@dataclass
+class GeneTable:
+    """The labelled genes a gene job uses, and how many were left out at each step.
+
+    Attributes
+    ----------
+    genes
+        (n,) vocabulary gene ids taking part, in label order.
+    y
+        (n,) their classes.
+    stats
+        Per-gene expression statistics (:func:`~netformer.classify.baselines.gene_expression_stats`) or None.
+    counts
+        ``labelled`` (genes given), ``in_dictionary`` (mapped onto the token dictionary),
+        ``not_in_cells`` (in the dictionary but in no tokenized cell within the input size, or absent
+        from the count matrix), ``used``.
+    """
+
+    genes: np.ndarray
+    y: np.ndarray
+    stats: pd.DataFrame | None
+    counts: dict
+
+
+def gene_table(model_dir, data: CellData, gene_labels, config: FinetuneConfig, on_missing: str = "drop",
+               with_stats: bool = True) -> GeneTable:
+    """Labelled genes that occur in the tokenized cells (within ``config.max_length``) and in the counts.
+
+    Genes not in the dictionary are handled by :func:`resolve_gene_labels` (logged and dropped, or
+    ``GeneIdError``); genes of the dictionary that no cell expresses within its input size are logged with
+    their count and dropped (upstream Geneformer likewise uses only genes present in its cells).
+
+    Raises
+    ------
+    InputDataError
+        No labelled gene occurs in the cells (and the count matrix).
+    """
     from ..genes import resolve_vocab
 
     probe = GeneClassifier(model_dir, config)
@@ -191,14 +228,27 @@ def _gene_table(model_dir, data: CellData, gene_labels, config: FinetuneConfig, 
     labels = resolve_gene_labels(gene_labels, vocab, on_missing)
     stats = gene_expression_stats(data.adata, vocab) if with_stats else None
     present = probe._present_tokens(data.dataset["input_ids"])
-    labels = {g: c for g, c in labels.items()
-              if vocab.token_dict[g] in present and (stats is None or g in stats.index)}
-    if not labels:
+    kept = {g: c for g, c in labels.items()
+            if vocab.token_dict[g] in present and (stats is None or g in stats.index)}
+    dropped = len(labels) - len(kept)
+    if dropped:
+        log.info("%d of %d labelled genes of the dictionary occur in none of the %d cells%s: left out", dropped,
+                 len(labels), len(data), " (or not in the count matrix)" if stats is not None else "")
+    if not kept:
         raise InputDataError("no labelled gene occurs in the tokenized cells" +
                              (" and the count matrix" if with_stats else "") +
                              "; label genes that the cells express")
-    genes = np.array(list(labels))
-    return genes, np.array([labels[g] for g in genes]), stats
+    genes = np.array(list(kept))
+    counts = {"labelled": len(dict(gene_labels)), "in_dictionary": len(labels), "not_in_cells": dropped,
+              "used": len(kept)}
+    return GeneTable(genes, np.array([kept[g] for g in genes]), stats, counts)
+
+
+def _gene_table(model_dir, data: CellData, gene_labels, config: FinetuneConfig, on_missing: str = "drop",
+                with_stats: bool = True):
+    """``(genes, y, stats)`` of :func:`gene_table`."""
+    t = gene_table(model_dir, data, gene_labels, config, on_missing, with_stats)
+    return t.genes, t.y, t.stats
 
 
 def check_finetune_inputs(model_dir, data: CellData, labels, *, task: str = "cell", n_splits: int = 0,
@@ -450,7 +500,8 @@ def cross_validate_genes(
         As :func:`cross_validate_cells`.
     """
     cfg = config or FinetuneConfig(seed=seed)
-    genes, y, stats = _gene_table(model_dir, data, gene_labels, cfg, on_missing)
+    table = gene_table(model_dir, data, gene_labels, cfg, on_missing)
+    genes, y, stats = table.genes, table.y, table.stats
     folds = _folds(y, n_splits, None, seed, "genes")
     settings = None
     if output_dir is not None:
@@ -458,12 +509,12 @@ def cross_validate_genes(
                     "gene_labels": _fingerprint(dict(zip(genes.tolist(), y.tolist()))),
                     "model": model_digest(model_dir), "cells": data_digest(data)}
     run, done = _open_cv(output_dir, settings, overwrite, n_splits)
-    if done is not None:
-        return done
+    if done is None:
+        def fit_fold(k, tr, te):
+            clf = GeneClassifier(model_dir, cfg).fit(data.dataset, dict(zip(genes[tr], y[tr])))
+            ev = evaluate_genes(clf, data.dataset, dict(zip(genes[te], y[te])), None, stats=stats)
+            return clf, ev, None
 
-    def fit_fold(k, tr, te):
-        clf = GeneClassifier(model_dir, cfg).fit(data.dataset, dict(zip(genes[tr], y[tr])))
-        ev = evaluate_genes(clf, data.dataset, dict(zip(genes[te], y[te])), None, stats=stats)
-        return clf, ev, None
-
-    return _run_folds(folds, fit_fold, run, "gene")
+        done = _run_folds(folds, fit_fold, run, "gene")
+    done.genes = table.counts
+    return done

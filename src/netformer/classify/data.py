@@ -104,8 +104,10 @@ def resolve_gene_labels(gene_labels: Mapping[str, str] | pd.Series, vocab: GeneV
     """Map user gene labels (keys: Ensembl ids or symbols) onto the vocabulary's gene ids.
 
     Keys are looked up as vocabulary ids, then through the vocabulary's Ensembl mapping, then as
-    symbols through GENCODE (:func:`netformer.genes.symbol_to_ensembl`). Missing labels (None/NaN)
-    are dropped.
+    symbols through GENCODE (:func:`netformer.genes.symbol_to_ensembl`); how many keys were symbols
+    is logged. Missing labels (None/NaN) are dropped. Two keys that map to one gene (a symbol and its
+    Ensembl id, or two aliases) keep the gene once when they agree; when their classes differ the gene
+    is dropped, with a warning naming the count (never a silent choice of one class).
 
     Parameters
     ----------
@@ -124,25 +126,70 @@ def resolve_gene_labels(gene_labels: Mapping[str, str] | pd.Series, vocab: GeneV
     keys = [k for k, _ in items]
     mapped = list(vocab.map_ids(keys))
     todo = [i for i, m in enumerate(mapped) if m is None]
+    n_symbols = 0
     if todo:
         ens = symbol_to_ensembl([keys[i] for i in todo], species=species).tolist()
         for i, e in zip(todo, ens):
             if e is not None and e in vocab.token_dict:
                 mapped[i] = e
-    out, missing = {}, []
+                n_symbols += 1
+    if n_symbols:
+        log.info("%d of %d labelled genes were given as symbols and mapped to Ensembl ids through GENCODE",
+                 n_symbols, len(items))
+    sets: dict[str, list[str]] = {}
+    missing = []
     for (k, v), m in zip(items, mapped):
         if m is None:
             missing.append(k)
         else:
-            out[m] = str(v)
+            sets.setdefault(str(v), []).append(m)
     if missing:
         msg = (f"{len(missing)} of {len(items)} labelled genes are not in the token dictionary "
                f"'{vocab.name}' (e.g. {missing[:5]})")
-        if on_missing == "raise" or not out:
+        if on_missing == "raise" or not sets:
             raise GeneIdError(msg + "; label genes of the model's vocabulary (GeneVocab.genes), or pass "
                               "on_missing='drop' to skip them")
         log.warning("%s; they are dropped", msg)
-    return out
+    return gene_labels_from_sets(sets, what="mapped gene labels", quiet_duplicates=True)[0]
+
+
+def gene_labels_from_sets(sets: Mapping[str, Sequence[str]], what: str = "gene labels",
+                          quiet_duplicates: bool = False) -> tuple[dict[str, str], dict[str, int]]:
+    """One class per gene from gene lists per class, de-duplicated; genes in two classes are dropped.
+
+    Parameters
+    ----------
+    sets
+        Class -> genes of that class (ids or symbols; order kept). Empty entries and NaN are ignored.
+    what
+        How the labels are named in the log lines.
+
+    Returns
+    -------
+    ``(labels, counts)``: ``{gene: class}`` in first-seen order, and ``counts`` with ``listed`` (entries
+    read), ``duplicates`` (repeated entries of a gene in one class, kept once), ``in_two_classes`` (genes
+    listed under more than one class, dropped: their label is ambiguous) and ``kept``. Duplicates are
+    logged at INFO, genes in two classes at WARNING with examples.
+    """
+    seen: dict[str, set[str]] = {}
+    listed = duplicates = 0
+    for cls, genes in sets.items():
+        for g in genes:
+            if g is None or (isinstance(g, float) and np.isnan(g)) or not str(g).strip():
+                continue
+            g = str(g).strip()
+            listed += 1
+            classes = seen.setdefault(g, set())
+            duplicates += cls in classes
+            classes.add(str(cls))
+    two = [g for g, c in seen.items() if len(c) > 1]
+    labels = {g: next(iter(c)) for g, c in seen.items() if len(c) == 1}
+    if duplicates and not quiet_duplicates:
+        log.info("%s: %d repeated entries of a gene within its class, each gene kept once", what, duplicates)
+    if two:
+        log.warning("%s: %d genes are listed under two or more classes (e.g. %s) and are dropped", what, len(two),
+                    two[:5])
+    return labels, {"listed": listed, "duplicates": duplicates, "in_two_classes": len(two), "kept": len(labels)}
 
 
 def load_cells(source, vocab: GeneVocab, *, counts=None, max_length: int = 2048, obs_columns: Sequence[str] = (),
@@ -209,26 +256,62 @@ def load_cells(source, vocab: GeneVocab, *, counts=None, max_length: int = 2048,
     return data
 
 
-def read_gene_labels(path: str | Path) -> dict[str, str]:
-    """Gene labels from a two-column table ``gene,label`` (CSV, or TSV for ``.tsv``/``.tsv.gz``).
+_GENE_HEADERS = {"gene", "genes", "gene_id", "gene_ids", "ensembl_id", "ensembl", "symbol", "gene_symbol",
+                 "gene_name", "feature_id", "id"}
 
-    The first column holds genes (Ensembl ids or symbols; :func:`resolve_gene_labels` maps them onto a
-    dictionary), the second their class; a header row is expected. Returns ``{gene: label}``.
+
+def read_gene_labels(path: str | Path, return_counts: bool = False):
+    """Gene labels from a table, in either of two documented layouts (CSV, or TSV for ``.tsv``/``.tsv.gz``).
+
+    - **long**: a header row, genes in the first column, their class in the second (``gene,label``);
+      recognised by a first column named like a gene column (``gene``, ``gene_id``, ``ensembl_id``,
+      ``symbol``, ...), a second column named ``label`` or ``class``, or a second column with repeated
+      values;
+    - **wide**: one column per class, headed by the class name, each holding that class's genes
+      (columns may differ in length; Geneformer's ``dosage_sens_tf_labels.csv`` layout); recognised by
+      every column holding distinct values.
+
+    Genes are Ensembl ids or symbols (:func:`resolve_gene_labels` maps them onto a dictionary). Repeated
+    entries are kept once and genes under two classes are dropped, both logged with counts
+    (:func:`gene_labels_from_sets`).
+
+    Returns ``{gene: label}``, or ``(labels, counts)`` with ``return_counts``.
 
     Raises
     ------
     InputDataError
-        The file does not exist, is empty, or has fewer than two columns.
+        The file does not exist, is empty, has fewer than two columns, or no gene is left.
     """
     path = Path(path)
     if not path.exists():
         raise InputDataError(f"gene label file {path} does not exist; give a CSV with columns gene,label")
     sep = "\t" if path.name.removesuffix(".gz").endswith(".tsv") else ","
     try:
-        table = pd.read_csv(path, sep=sep)
+        table = pd.read_csv(path, sep=sep, dtype=str)
     except pd.errors.EmptyDataError:
         raise InputDataError(f"gene label file {path} is empty; give a CSV with columns gene,label") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise InputDataError(f"gene label file {path} is not a readable CSV/TSV table ({str(e).splitlines()[0]})") from None
     if table.shape[1] < 2 or table.empty:
         raise InputDataError(f"{path} needs two columns, gene and label, and at least one row "
                              f"(columns: {list(table.columns)})")
-    return dict(zip(table.iloc[:, 0].astype(str), table.iloc[:, 1].astype(str)))
+    if _is_wide(table):
+        sets = {str(c): table[c].dropna().tolist() for c in table.columns}
+    else:
+        genes, classes = table.iloc[:, 0], table.iloc[:, 1]
+        sets = {}
+        for g, c in zip(genes, classes):
+            if isinstance(c, str) and c.strip():
+                sets.setdefault(c.strip(), []).append(g)
+    labels, counts = gene_labels_from_sets(sets, what=path.name)
+    if not labels:
+        raise InputDataError(f"{path} leaves no labelled gene (every gene is in two classes, or no label is given)")
+    return (labels, counts) if return_counts else labels
+
+
+def _is_wide(table: pd.DataFrame) -> bool:
+    """True for one column per class (every column's values distinct), False for ``gene,label`` rows."""
+    if (str(table.columns[0]).strip().lower() in _GENE_HEADERS
+            or str(table.columns[1]).strip().lower() in {"label", "labels", "class", "category"}):
+        return False
+    return all(table[c].dropna().is_unique for c in table.columns) and len(table) > 1

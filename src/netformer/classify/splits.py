@@ -51,7 +51,8 @@ def check_labels(labels: Sequence, n_splits: int | None = None, what: str = "cel
     if n_splits is not None and counts.min() < n_splits:
         rare = counts[counts < n_splits]
         raise InputDataError(
-            f"classes with fewer members than the {n_splits} folds/splits: {rare.to_dict()}; drop or merge "
+            f"classes of {what} with fewer members than the {n_splits} folds/splits: "
+            f"{ {str(k): int(v) for k, v in rare.items()} }; drop or merge "
             "these classes, or lower n_splits (CLI: --folds)"
         )
     return y

@@ -29,7 +29,14 @@ def finetune(
     label_column: Annotated[str, typer.Option("--label-column", help="Column with cell labels (cell task); "
                                                                      "unlabelled cells are dropped.")] = "cell_type",
     gene_labels: Annotated[Optional[Path], typer.Option(
-        "--gene-labels", help="CSV gene,label (gene task; Ensembl ids or symbols).")] = None,
+        "--gene-labels", help="Gene labels (gene task; Ensembl ids or symbols): CSV rows gene,label, or one column "
+                              "per class. With --task: replaces the recipe's bundled labels.")] = None,
+    gene_task: Annotated[Optional[str], typer.Option(
+        "--task", help="A gene-task recipe (gene task): dosage-sensitivity, bivalent-vs-nonmethylated, "
+                       "bivalent-vs-lys4 (the paper's labels, a 5-fold CV beside the "
+                       "per-gene-statistics baseline and the published figure, in OUT/gene_task.csv). "
+                       "Own-label recipes (tf-regulatory-range, central-vs-peripheral, tf-targets, custom) "
+                       "take --gene-labels.")] = None,
     group_column: Annotated[Optional[str], typer.Option(
         "--group-column", help="Column (donor/batch/sample) no group of which is split.")] = None,
     n_splits: Annotated[int, typer.Option("--folds", help="Cross-validation folds (0: no evaluation, fit "
@@ -84,6 +91,7 @@ def finetune(
                             cross_validate_genes, search_cells, search_genes)
     from ..classify.cv import check_finetune_inputs, config_settings, data_digest, drop_unlabelled, model_digest
     from ..classify.data import load_cells, read_gene_labels
+    from ..classify.gene_tasks import run_gene_task, task_labels
     from ..distributed import barrier, world
     from ..distributed import init as init_world
     from ..runs import MANIFEST, open_shared_run
@@ -107,9 +115,18 @@ def finetune(
     if tokenized and counts is None and (n_splits >= 2 or search > 0):
         raise ConfigError(f"{cells} holds tokenized cells: the evaluation beside the baseline needs their raw counts; "
                           "pass --counts FILE.h5ad, or --folds 0 --search 0 to fit and save without evaluation")
-    if not cell_task and gene_labels is None:
-        raise InputDataError("the gene task needs --gene-labels FILE.csv (columns gene,label)")
-    glabels = read_gene_labels(gene_labels) if not cell_task else None
+    if gene_task is not None and cell_task:
+        raise ConfigError("--task names a gene-task recipe: run 'netformer finetune gene ... --task NAME'")
+    if not cell_task and gene_labels is None and gene_task is None:
+        raise InputDataError("the gene task needs --gene-labels FILE.csv (columns gene,label) or a recipe, --task NAME "
+                             "(netformer.classify.gene_tasks.GENE_TASKS)")
+    if gene_task is not None:
+        recipe = gene_task
+        recipe_labels = task_labels(recipe, gene_labels)
+        glabels = recipe_labels[0]
+    else:
+        recipe = None
+        glabels = read_gene_labels(gene_labels) if not cell_task else None
     path, chosen = model_and_vocab(model, subfolder, cells if tokenized else None, vocab)
     cfg = FinetuneConfig(learning_rate=learning_rate, lr_scheduler=value(lr_scheduler), epochs=epochs,
                          batch_size=batch_size, gradient_accumulation_steps=grad_accum, freeze_layers=freeze_layers, max_length=max_length,
@@ -128,7 +145,7 @@ def finetune(
     settings = {"task": value(task), "config": config_settings(cfg), "label_column": label,
                 "group_column": group_column, "folds": n_splits, "search": search, "n_cells": n_cells, "seed": seed,
                 "vocab": chosen.digest, "model": model_digest(path), "cells": data_digest(data, [label, group_column]),
-                "gene_labels": sorted(glabels.items()) if glabels else None}
+                "gene_labels": sorted(glabels.items()) if glabels else None, "gene_task": recipe}
     init_world(device)  # a rank of a torchrun job joins the others (its GPU, or its share of the CPU)
     run = open_shared_run(output_dir, settings, overwrite, "config.json", "fine-tuning run")
     if run.finished:  # a replacement run that was complete when it was killed: now in place
@@ -151,7 +168,14 @@ def finetune(
         cfg = res.best_config
         typer.echo(f"best trial: validation macro-F1 {res.best_value:.3f} "
                    f"(baseline {res.baseline.get('macro_f1', float('nan')):.3f})")
-    if n_splits >= 2:
+    if n_splits >= 2 and recipe is not None:
+        res = run_gene_task(recipe, path, data, n_splits=n_splits, config=cfg, seed=seed, output_dir=out / "cv",
+                            label_counts=recipe_labels)
+        res.save(out)
+        typer.echo(f"{recipe}: {res.counts['used']} genes "
+                   f"({', '.join(f'{k} {v}' for k, v in res.counts['per_class'].items())})")
+        typer.echo(res.table.drop(columns="what").round(3).to_string())
+    elif n_splits >= 2:
         cv = (cross_validate_cells(path, data, label_column, n_splits=n_splits, group_column=group_column, config=cfg,
                                    seed=seed, output_dir=out / "cv") if cell_task
               else cross_validate_genes(path, data, glabels, n_splits=n_splits, config=cfg, seed=seed,
