@@ -9,7 +9,19 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ._common import BenchmarkModel, Method, Missing, Overwrite, Strategy, key_values, value
+from ._common import (
+    BenchmarkModel,
+    Method,
+    Missing,
+    Overwrite,
+    Strategy,
+    choices,
+    key_values,
+    value,
+)
+
+Rewire = choices("Rewire", ("degree", "random"))
+Prior = choices("Prior", ("go",))  # the hook for other gene knowledge (issue 15 parts 2-3)
 
 GO_GRAPH_HELP = ("Edge list source,target,importance. Default: the GEARS-style GO graph "
                  "graphs/go_top20_jaccard_orgHsEgDb_3.16.csv.gz of the shared data folder (not part of the package; "
@@ -72,7 +84,8 @@ def run(
 
 def benchmark(
     out: Annotated[Path, typer.Option("--out", "-o", show_default=False, help="Output directory (results.csv, "
-                                      "summary.csv, published_iterpert.csv, benchmark.png).")],
+                                      "summary.csv, published_iterpert.csv, benchmark.png, benchmark_pearson.png, "
+                                      "config.json).")],
     data: Annotated[Optional[Path], typer.Option(
         help="REAL Perturb-seq h5ad (GEARS perturb_processed.h5ad or scPerturb style). Default: the SEMI-SYNTHETIC "
              "benchmark (simulated responses on the GO graph and real K562 control cells of the shared data "
@@ -80,47 +93,86 @@ def benchmark(
     subset: Annotated[List[str], typer.Option(help="obs filter for --data, KEY=VALUE (e.g. dataset=norman19); "
                                                    "repeat.")] = [],
     graph: Annotated[Optional[Path], typer.Option(help=GO_GRAPH_HELP)] = None,
-    initial: Annotated[int, typer.Option(help="Initial budget (round 0).")] = 100,
+    budget: Annotated[List[int], typer.Option("--budget", help="Cumulative budget; repeat (e.g. --budget 25 "
+                                              "--budget 50 ...). Default: the semi-synthetic set uses 25, 50, 100, "
+                                              "200, 400, 600; --data uses --initial/--rounds/--batch.")] = [],
+    initial: Annotated[int, typer.Option(help="Initial budget (round 0), when no --budget is given.")] = 100,
     rounds: Annotated[int, typer.Option(help="Active-learning rounds after the initial set.")] = 5,
     batch: Annotated[int, typer.Option(help="Perturbations per round.")] = 100,
-    seeds: Annotated[int, typer.Option(help="Number of seeds (0..seeds-1).")] = 3,
-    model: Annotated[BenchmarkModel, typer.Option(help="Outcome model fitted on the measured "
-                                                       "perturbations.")] = "ridge",
+    seeds: Annotated[int, typer.Option(help="Number of seeds (0..seeds-1); semi-synthetic: a seed = test split "
+                                            "+ measurement noise.")] = 3,
+    model: Annotated[List[BenchmarkModel], typer.Option(help="Outcome model fitted on the measured perturbations; "
+                                                             "repeat for several (default ridge).")] = [],
     model_option: Annotated[List[str], typer.Option(help="Model constructor option KEY=VALUE (JSON value), e.g. "
-                                                         "epochs=5; repeat.")] = [],
+                                                         "epochs=5, given to every --model; repeat.")] = [],
     oneshot: Annotated[List[Method], typer.Option(help="One-shot method; repeat (default: all).")] = [],
     strategy: Annotated[List[Strategy], typer.Option(help="Active-learning strategy; repeat (default: "
                                                           "all).")] = [],
+    graph_noise: Annotated[List[float], typer.Option(help="Semi-synthetic: fraction of the selection graph's edges "
+                                                          "rewired (truth and models keep the true graph); repeat "
+                                                          "(default 0).")] = [],
+    rewire: Annotated[Rewire, typer.Option(help="Rewiring: degree-preserving double-edge swaps or random "
+                                                "endpoints.")] = "degree",
+    positive_control: Annotated[bool, typer.Option(help="Semi-synthetic: add the oracle positive control "
+                                                        "(test-aware V-optimal design on the true graph).")] = True,
+    prior: Annotated[Prior, typer.Option(help="Gene knowledge behind the selection graph and IterPert's prior "
+                                              "kernel.")] = "go",
+    synthetic_option: Annotated[List[str], typer.Option(help="Semi-synthetic generator option KEY=VALUE "
+                                                             "(SyntheticConfig field, e.g. own=0.2); repeat.")] = [],
     n_candidates: Annotated[int, typer.Option(help="Semi-synthetic: perturbable genes (pool + test).")] = 3000,
     n_test: Annotated[int, typer.Option(help="Semi-synthetic: held-out test genes.")] = 500,
-    data_seed: Annotated[int, typer.Option(help="Seed of the semi-synthetic data / real test split.")] = 0,
+    data_seed: Annotated[int, typer.Option(help="Seed of the semi-synthetic ground truth / real test split.")] = 0,
     overwrite: Overwrite = False,
 ) -> None:
     """Compare one-shot selection and active learning at equal cumulative budgets; write CSVs and PNG curves.
 
-    Errors: OutputExistsError, ConfigError (KEY=VALUE items without '=', a schedule that does not fit
-    the pool), InputDataError (unreadable --data or graph).
+    summary.csv holds mean, 95% interval and paired Wilcoxon tests (BH-corrected) of every method
+    against random, per model, budget and graph noise (docs/select.md).
+
+    Errors: OutputExistsError, ConfigError (KEY=VALUE items without '=', unknown synthetic options,
+    bad budgets or graph noise), BudgetError (budgets larger than the pool), InputDataError
+    (unreadable --data or graph).
     """
+    import dataclasses
+
     from .._io import check_output
     from ..errors import ConfigError
     from ..graphs import load_edge_list
     from ..select.active import STRATEGIES
-    from ..select.benchmark import BenchmarkConfig, benchmark_file, benchmark_semisynthetic, write_report
+    from ..select.benchmark import (
+        BenchmarkConfig,
+        benchmark_file,
+        benchmark_semisynthetic,
+        write_report,
+    )
     from ..select.greedy import METHODS
     from ..select.synthetic import SyntheticConfig
 
     check_output(out, overwrite)
     opts = key_values(model_option, "--model-option", parse_json=True)
     filt = key_values(subset, "--subset") or None
+    sopts = key_values(synthetic_option, "--synthetic-option", parse_json=True)
     if filt and data is None:
         raise ConfigError("--subset filters the cells of --data; give --data FILE.h5ad or drop --subset")
-    cfg = BenchmarkConfig(model_options=opts, initial=initial, rounds=rounds, batch=batch, seeds=tuple(range(seeds)),
+    fields = {f.name for f in dataclasses.fields(SyntheticConfig)}
+    bad = sorted(set(sopts) - fields)
+    if bad:
+        raise ConfigError(f"unknown --synthetic-option {bad}; SyntheticConfig fields: {sorted(fields)}")
+    models = tuple(map(value, model)) or ("ridge",)
+    budgets = tuple(budget) or ((25, 50, 100, 200, 400, 600) if data is None and (initial, rounds, batch) == (100, 5, 100)
+                                else None)
+    cfg = BenchmarkConfig(initial=initial, rounds=rounds, batch=batch, budgets=budgets, seeds=tuple(range(seeds)),
                           oneshot=tuple(map(value, oneshot)) or METHODS,
-                          strategies=tuple(map(value, strategy)) or STRATEGIES, model=value(model))
+                          strategies=tuple(map(value, strategy)) or STRATEGIES, model=models[0], models=models,
+                          options_by_model={m: opts for m in models} if opts else {},
+                          graph_noise=tuple(graph_noise) or (0.0,), rewire=value(rewire),
+                          positive_control=positive_control, prior=value(prior))
     if data is None:
-        res = benchmark_semisynthetic(cfg, SyntheticConfig(n_candidates=n_candidates, n_test=n_test, seed=data_seed),
-                                      graph=load_edge_list(graph) if graph is not None else None)
+        scfg = SyntheticConfig(**{"n_candidates": n_candidates, "n_test": n_test, "seed": data_seed, **sopts})
+        res = benchmark_semisynthetic(cfg, scfg, graph=load_edge_list(graph) if graph is not None else None)
     else:
+        if cfg.graph_noise != (0.0,):
+            raise ConfigError("--graph-noise needs the semi-synthetic benchmark (a known true graph); drop --data")
         res = benchmark_file(data, cfg, graph_path=graph, subset=filt, seed=data_seed)
-    write_report(res, out, overwrite=overwrite)
+    write_report(res, out, overwrite=overwrite, config=cfg)
     typer.echo(f"wrote {out} ({res['setting'].iloc[0]})")

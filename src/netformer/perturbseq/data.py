@@ -546,10 +546,11 @@ class PerturbData:
                 out[g] = [str(x) for x in names[g][:n]]
         delta = self.means.to_numpy() - self.control_mean()[None, :]
         row = {c: i for i, c in enumerate(self.conditions)}
+        genes = self.genes  # a property that builds the list: once, not per gene
         for c in self.perturbations:
             if c not in out:
                 order = np.argsort(-np.abs(delta[row[c]]), kind="stable")[:n]
-                out[c] = [self.genes[i] for i in order]
+                out[c] = [genes[i] for i in order]
         cache[key] = out
         return out
 

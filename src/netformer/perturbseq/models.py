@@ -188,21 +188,43 @@ class Additive(PerturbationModel):
         return sum(g in self.single_effects_ for g in condition_genes(canonical_condition(condition)))
 
 
-def symmetric_gcn_operator(go_graph: pd.DataFrame | str | None) -> tuple[pd.Index, "sp.csr_matrix"]:
+_OPERATOR_CACHE: dict = {}
+_OPERATOR_CACHE_SIZE = 4
+
+
+def symmetric_gcn_operator(go_graph: pd.DataFrame | str | None,
+                           nodes: Sequence[str] | None = None) -> tuple[pd.Index, "sp.csr_matrix"]:
     """Node index and ``S = (A_hat + A_hat^T) / 2`` of a gene graph, ``A_hat`` from
     :func:`~netformer.graphs.gcn_normalize` (self loops added); shape (n_nodes, n_nodes).
 
     ``go_graph``: edge DataFrame ``source,target,importance`` or path (default: the GO graph of the
-    shared data folder, :func:`~netformer.graphs.go_graph`). Used by :class:`RidgeModel` and
-    :class:`SGCModel` (and the semi-synthetic generator of :mod:`netformer.select.synthetic`).
+    shared data folder, :func:`~netformer.graphs.go_graph`). ``nodes``: node order (edges with an
+    end outside it are dropped); default every gene of the edges in order of appearance. Used by
+    :class:`RidgeModel`, :class:`SGCModel` and the semi-synthetic generator of
+    :mod:`netformer.select.synthetic`.
+
+    The last few results are cached (key: the path, or the identity of the DataFrame, which the cache
+    keeps alive, and ``nodes``), since benchmarks fit hundreds of models on one graph (the full GO
+    graph takes seconds to normalise). Do not modify a DataFrame after passing it, nor the returned
+    matrix.
     """
     from ..graphs import GeneGraph, gcn_normalize
     from ..graphs import go_graph as load_go
 
+    key = (("df", id(go_graph)) if isinstance(go_graph, pd.DataFrame) else ("path", str(go_graph)),
+           None if nodes is None else tuple(str(g) for g in nodes))
+    hit = _OPERATOR_CACHE.get(key)
+    if hit is not None and (not isinstance(go_graph, pd.DataFrame) or hit[0] is go_graph):
+        return hit[1], hit[2]
     edges = go_graph if isinstance(go_graph, pd.DataFrame) else load_go(go_graph)
-    nodes = pd.unique(np.concatenate([edges["source"].to_numpy(str), edges["target"].to_numpy(str)]))
+    if nodes is None:
+        nodes = pd.unique(np.concatenate([edges["source"].to_numpy(str), edges["target"].to_numpy(str)]))
     A = gcn_normalize(GeneGraph.from_edges(edges, nodes).adjacency)
-    return pd.Index(nodes), ((A + A.T) * 0.5).tocsr()
+    out = pd.Index([str(g) for g in nodes]), ((A + A.T) * 0.5).tocsr()
+    if len(_OPERATOR_CACHE) >= _OPERATOR_CACHE_SIZE:
+        _OPERATOR_CACHE.pop(next(iter(_OPERATOR_CACHE)))
+    _OPERATOR_CACHE[key] = (go_graph, *out)
+    return out
 
 
 class RidgeModel(PerturbationModel):
@@ -387,9 +409,17 @@ class SGCModel(PerturbationModel):
         return f"SGCModel(hops={self.hops}, ridge={self.ridge}, relative_ridge={self.relative_ridge})"
 
     def features(self, conditions: Sequence[str]) -> "sp.csr_matrix":
-        """Sparse SGC features (n_conditions, n_nodes): the propagated one-hot of each condition's genes."""
-        self._check_fitted()
+        """Sparse SGC features (n_conditions, n_nodes): the propagated one-hot of each condition's genes.
+
+        Needs only the graph (no fit); node order ``self.node_index_``.
+        """
+        if not hasattr(self, "_S"):
+            self._prepare()
         return self._features(self._canon(conditions))
+
+    def _prepare(self) -> None:
+        self.node_index_, self._S = symmetric_gcn_operator(self.go_graph)
+        self._pos = {g: i for i, g in enumerate(self.node_index_)}
 
     def _features(self, conditions: list[str]) -> "sp.csr_matrix":
         rows, cols = [], []
@@ -399,15 +429,14 @@ class SGCModel(PerturbationModel):
                 if k >= 0:
                     rows.append(i)
                     cols.append(k)
-        n = len(self._node_index)
+        n = len(self.node_index_)
         E = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(conditions), n))
         for _ in range(self.hops):
             E = (E @ self._S).tocsr()
         return E
 
     def _fit(self, data, train):
-        self._node_index, self._S = symmetric_gcn_operator(self.go_graph)
-        self._pos = {g: i for i, g in enumerate(self._node_index)}
+        self._prepare()
         missing = sorted({g for c in train for g in condition_genes(c)} - set(self._pos))
         if missing:
             log.warning("%d training genes are not in the graph (zero SGC feature): %s", len(missing), missing[:10])

@@ -5,6 +5,7 @@ graph alone by greedy maximisation of a monotone submodular criterion over the m
 operator ``P = A_hat^L``; compare with active learning (IterPert, Huang et al. 2024). See docs/select.md.
 """
 
+from .candidates import BudgetError, CandidatePool, check_budget, resolve_candidates
 from .criteria import (
     Criterion,
     GraphReachCoverage,
@@ -13,7 +14,6 @@ from .criteria import (
     degree_scores,
     pagerank_scores,
 )
-from .candidates import BudgetError, CandidatePool, check_budget, resolve_candidates
 from .greedy import (
     METHODS,
     GreedyTrace,

@@ -49,6 +49,9 @@ class ActiveConfig:
 
     strategy : one of ``STRATEGIES``. n_ensemble : BALD ensemble size (default 5).
     typical_k : neighbours for TypiClust typicality (default 20). seed : all randomness.
+    schedule : optional increasing cumulative budgets, e.g. ``(25, 50, 100, 200, 400, 600)``: the
+    initial random set is ``schedule[0]`` and round r adds ``schedule[r] - schedule[r - 1]``; it
+    overrides ``initial``, ``rounds`` and ``batch``.
     """
 
     strategy: str = "random"
@@ -58,16 +61,30 @@ class ActiveConfig:
     seed: int = 0
     n_ensemble: int = 5
     typical_k: int = 20
+    schedule: tuple | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown active-learning strategy {self.strategy!r}; choose one of {STRATEGIES}.")
+        if self.schedule is not None:
+            sch = tuple(int(b) for b in self.schedule)
+            if not sch or sch[0] < 1 or any(b <= a for a, b in zip(sch, sch[1:])):
+                raise ConfigError(f"schedule must be increasing budgets >= 1, got {self.schedule}.")
+            self.schedule = sch
+            self.initial, self.rounds = sch[0], len(sch) - 1
         if self.initial < 1 or self.rounds < 0 or self.batch < 1:
             raise ConfigError("active learning needs initial >= 1, rounds >= 0 and batch >= 1.")
 
     @property
+    def budgets(self) -> list[int]:
+        """Cumulative labeled-set size after each round (round 0 = the initial set)."""
+        if self.schedule is not None:
+            return list(self.schedule)
+        return [self.initial + r * self.batch for r in range(self.rounds + 1)]
+
+    @property
     def total(self) -> int:
-        return self.initial + self.rounds * self.batch
+        return self.budgets[-1]
 
 
 @dataclass
@@ -253,7 +270,7 @@ def run_active_learning(
     Returns
     -------
     ActiveResult with ``config.rounds + 1`` records; ``records[r].labeled`` is the measured set
-    after round r (size ``initial + r * batch``).
+    after round r (size ``config.budgets[r]``: ``initial + r * batch``, or ``schedule[r]``).
 
     Raises
     ------
@@ -278,19 +295,21 @@ def run_active_learning(
     labeled = list(rng.choice(n, size=config.initial, replace=False))
     sel_s = time.perf_counter() - t0
     records = []
+    budgets = config.budgets
     for r in range(config.rounds + 1):
         t0 = time.perf_counter()
         model = model_factory().fit(data, [pool[i] for i in labeled])
         fit_s = time.perf_counter() - t0
         metrics = dict(evaluate_fn(model)) if evaluate_fn else {}
-        chosen = labeled if r == 0 else labeled[-config.batch:]
+        chosen = labeled if r == 0 else labeled[budgets[r - 1]:]
         records.append(RoundRecord(r, [pool[i] for i in chosen], [pool[i] for i in labeled], fit_s, sel_s, metrics))
         log.info("%s round %d: %d labeled, fit %.2fs, select %.2fs %s", config.strategy, r, len(labeled),
                  fit_s, sel_s, {k: round(v, 4) for k, v in metrics.items()})
         if r == config.rounds:
             break
         t0 = time.perf_counter()
-        new, extra_fit = _choose(config, data, pool, labeled, model, model_factory, prior, rng)
+        new, extra_fit = _choose(config, budgets[r + 1] - budgets[r], data, pool, labeled, model, model_factory,
+                                 prior, rng)
         sel_s = time.perf_counter() - t0 - extra_fit
         records[-1].fit_seconds += extra_fit  # BALD ensemble members are model retraining
         labeled = labeled + [int(j) for j in new]
@@ -302,18 +321,18 @@ def _normalise_kernel(k: np.ndarray) -> np.ndarray:
     return k / d[:, None] / d[None, :]
 
 
-def _choose(cfg, data, pool, labeled, model, model_factory, prior, rng) -> tuple[list[int], float]:
+def _choose(cfg, batch, data, pool, labeled, model, model_factory, prior, rng) -> tuple[list[int], float]:
     n = len(pool)
     lab = np.array(labeled, dtype=np.int64)
     if cfg.strategy == "random":
         rest = np.setdiff1d(np.arange(n), lab)
-        return list(rng.choice(rest, size=cfg.batch, replace=False)), 0.0
+        return list(rng.choice(rest, size=batch, replace=False)), 0.0
     if cfg.strategy == "coreset":
         x = np.asarray(model.embed(pool), dtype=np.float64)
-        return k_center_greedy(_euclid_fn(x), n, lab, cfg.batch), 0.0
+        return k_center_greedy(_euclid_fn(x), n, lab, batch), 0.0
     if cfg.strategy == "typiclust":
         x = np.asarray(model.embed(pool), dtype=np.float64)
-        return typiclust(x, lab, cfg.batch, int(rng.integers(2**31)), cfg.typical_k), 0.0
+        return typiclust(x, lab, batch, int(rng.integers(2**31)), cfg.typical_k), 0.0
     if cfg.strategy == "bald":
         t0 = time.perf_counter()
         preds = []
@@ -325,7 +344,7 @@ def _choose(cfg, data, pool, labeled, model, model_factory, prior, rng) -> tuple
         score = np.var(np.stack(preds), axis=0).mean(1)
         score[lab] = -np.inf
         order = np.lexsort((np.arange(n), -score))
-        return list(order[: cfg.batch]), fit_s
+        return list(order[: batch]), fit_s
     # iterpert
     k = prior + _cosine(model.predict_delta(pool))
-    return k_center_greedy(_kernel_fn(k), n, lab, cfg.batch), 0.0
+    return k_center_greedy(_kernel_fn(k), n, lab, batch), 0.0

@@ -1,19 +1,31 @@
-"""Benchmark: one-shot selection vs active learning at equal cumulative budgets.
+"""Benchmark: one-shot selection vs active learning at equal cumulative budgets, with statistics.
 
-For every method and seed, perturbations are chosen from the pool, a fresh outcome model is trained
-on the chosen ones at each budget ``initial + r * batch`` (r = 0..rounds), and scored on the fixed
-held-out test perturbations (``mse_top20_de``, ``pearson_delta`` from
-:func:`netformer.perturbseq.metrics.evaluate`). One-shot methods need 1 lab round (all budgets are
-prefixes of one ordering); active learning needs ``rounds + 1``. Reported per method and budget:
-mean and standard deviation over seeds of each metric, stability of the chosen set across seeds
-(mean pairwise Jaccard index), lab rounds, and compute time (selection + model training). The
-published IterPert figures (Huang et al. 2024; Replogle K562 essential, GEARS) are shown beside
-ours, labelled as published; they are not comparable numerically (other data and model).
+For every method, model and seed, perturbations are chosen from the pool, a fresh outcome model is
+trained on the chosen ones at each budget, and scored on the held-out test perturbations
+(``mse_top20_de``, ``pearson_delta`` from :func:`netformer.perturbseq.metrics.evaluate`). One-shot
+methods need 1 lab round (all budgets are prefixes of one ordering); active learning needs one per
+budget. On the SEMI-SYNTHETIC set (:mod:`.synthetic`) a seed is one draw of the test split and the
+measurement noise; one-shot selection can run on a graph with a fraction of its edges rewired
+(``graph_noise``) while the ground truth and the models keep the true graph, and a positive control
+(``oracle``: test-aware V-optimal design on the SGC features of the TRUE graph,
+:class:`~netformer.select.criteria.OracleVariance`) shows whether the benchmark can separate methods.
+
+:func:`summarize` reports, per setting, prior, graph noise, model, kind, method and budget: mean, std
+and 95% t-interval over seeds; stability of the chosen set across seeds (mean pairwise Jaccard);
+lab rounds; compute time; and paired statistics against reference methods (one-shot ``random``, and
+active ``iterpert``): mean paired difference with its 95% t-interval, the Wilcoxon signed-rank test
+across seeds (two-sided, :func:`scipy.stats.wilcoxon`) and Benjamini-Hochberg q-values over every test
+of the table (statsmodels ``multipletests(method="fdr_bh")``). The summary is a pure function of
+``results.csv`` (:func:`summarize` recomputes it). The published IterPert figures (Huang et al. 2024;
+Replogle K562 essential, GEARS) are shown beside ours, labelled as published; they are not comparable
+numerically (other data and model).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -31,22 +43,34 @@ from .greedy import METHODS, Selector
 
 log = logging.getLogger(__name__)
 
-MODELS = ("ridge", "additive", "train_mean", "gears")  # outcome models of model_factory
+MODELS = ("ridge", "sgc", "additive", "train_mean", "gears")  # outcome models of model_factory
 PUBLISHED_LABEL = "published: IterPert (Huang et al. 2024), Replogle K562 essential, GEARS"
+ORACLE = "oracle"          # positive control (semi-synthetic only)
+REFERENCES = (("one-shot", "random"), ("active", "iterpert"))   # paired comparisons in summarize
+GROUP = ["setting", "prior", "graph_noise", "model", "kind", "method", "budget"]
+METRIC_NAMES = ("mse_top20_de", "pearson_delta")
 
 
 @dataclass
 class BenchmarkConfig:
-    """Schedule and methods. Budgets are ``initial + r * batch`` for r = 0..rounds.
+    """Schedule, methods and models of a benchmark run; round-trips to JSON (:meth:`to_json`).
 
-    oneshot : one-shot methods (default all of ``METHODS``). strategies : active-learning strategies
-    (default all of ``STRATEGIES``). seeds : default (0, 1, 2). n_layers : L of P = A_hat^L (1).
-    model : ``ridge`` (default, netformer.perturbseq RidgeModel on the GO graph), ``additive``,
-    ``train_mean`` or ``gears`` (slow). model_options : keyword arguments of the model's constructor
-    (e.g. ``{"epochs": 5}`` for GEARS, ``{"n_components": 20}`` for ridge). n_ensemble : BALD ensemble size.
-    blas_threads : BLAS threads during the run (default 1: the many small matrix products here are
-    fastest single-threaded, and multi-threaded OpenBLAS slows down by ~40x on a loaded 2-core machine);
-    None leaves the library default.
+    budgets : cumulative budgets, e.g. ``(25, 50, 100, 200, 400, 600)``; default (None)
+    ``initial + r * batch`` for r = 0..rounds. oneshot : one-shot methods (default all of ``METHODS``).
+    strategies : active-learning strategies (default all of ``STRATEGIES``). seeds : default (0, 1, 2).
+    n_layers : L of P = A_hat^L (1). model : ``ridge`` (default, RidgeModel on the graph), ``sgc``
+    (SGCModel), ``additive``, ``train_mean`` or ``gears`` (slow); models : several models in one run
+    (default ``(model,)``). model_options : constructor keyword arguments of ``model`` (e.g.
+    ``{"epochs": 5}`` for GEARS); options_by_model : ``{model: options}`` for several models.
+    n_ensemble : BALD ensemble size. graph_noise : fractions of the selection graph's edges rewired
+    (semi-synthetic; default (0.0,)); rewire : ``degree`` (degree-preserving swaps, default) or
+    ``random``. Active learning runs at graph noise 0 only (random, coreset, TypiClust and BALD do not
+    use the graph; IterPert's GO prior kernel uses the selection graph). positive_control : add the
+    ``oracle`` one-shot method (semi-synthetic, default True). prior : name of the gene knowledge
+    behind the selection graph and prior kernel, written in every row (``go``; the hook for other
+    priors). blas_threads : BLAS threads during the run (default 1: the many small matrix products
+    here are fastest single-threaded, and multi-threaded OpenBLAS slows down by ~40x on a loaded
+    2-core machine); None leaves the library default.
     """
 
     initial: int = 100
@@ -60,6 +84,13 @@ class BenchmarkConfig:
     n_ensemble: int = 5
     blas_threads: int | None = 1
     model_options: dict = field(default_factory=dict)
+    budgets: Sequence[int] | None = None
+    models: Sequence[str] = ()
+    options_by_model: dict = field(default_factory=dict)
+    graph_noise: Sequence[float] = (0.0,)
+    rewire: str = "degree"
+    positive_control: bool = True
+    prior: str = "go"
 
     def __post_init__(self) -> None:
         bad = [m for m in self.oneshot if m not in METHODS] + [s for s in self.strategies if s not in STRATEGIES]
@@ -67,10 +98,43 @@ class BenchmarkConfig:
             raise ConfigError(f"unknown methods {bad}; one-shot: {METHODS}, active: {STRATEGIES}.")
         if not self.seeds:
             raise ConfigError("need at least one seed.")
+        unknown = [m for m in self.model_names if m not in MODELS]
+        if unknown:
+            raise ConfigError(f"unknown models {unknown}; choose from {MODELS}.")
+        if self.budgets is not None:
+            b = [int(x) for x in self.budgets]
+            if not b or b[0] < 1 or any(y <= x for x, y in zip(b, b[1:])):
+                raise ConfigError(f"budgets must be increasing and >= 1, got {list(self.budgets)}.")
+        if any(not 0 <= x <= 1 for x in self.graph_noise) or not self.graph_noise:
+            raise ConfigError(f"graph_noise fractions must be in [0, 1], got {list(self.graph_noise)}.")
+        if self.rewire not in ("degree", "random"):
+            raise ConfigError(f"rewire must be 'degree' or 'random', not {self.rewire!r}.")
 
     @property
-    def budgets(self) -> list[int]:
+    def model_names(self) -> list[str]:
+        return list(self.models) or [self.model]
+
+    def options_for(self, model: str) -> dict:
+        if model in self.options_by_model:
+            return dict(self.options_by_model[model])
+        return dict(self.model_options) if model == self.model and not self.models else {}
+
+    @property
+    def schedule(self) -> list[int]:
+        if self.budgets is not None:
+            return [int(b) for b in self.budgets]
         return [self.initial + r * self.batch for r in range(self.rounds + 1)]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "BenchmarkConfig":
+        d = json.loads(text)
+        for k in ("seeds", "oneshot", "strategies", "models", "graph_noise", "budgets"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
 
 
 def model_factory(name: str, edges: pd.DataFrame | None = None, n_layers: int = 1,
@@ -84,6 +148,8 @@ def model_factory(name: str, edges: pd.DataFrame | None = None, n_layers: int = 
     kw = dict(options or {})
     if name == "ridge":
         return lambda: M.RidgeModel(**{"go_graph": edges, "hops": n_layers, **kw})
+    if name == "sgc":
+        return lambda: M.SGCModel(**{"go_graph": edges, "hops": n_layers, **kw})
     if name == "additive":
         return lambda: M.Additive(**kw)
     if name == "train_mean":
@@ -103,106 +169,224 @@ def _jaccard(sets: list[set]) -> float:
 
 def run_benchmark(data, graph: GeneGraph, pool: Sequence[str], test: Sequence[str], config: BenchmarkConfig,
                   *, edges: pd.DataFrame | None = None, prior_kernels: dict | None = None,
-                  setting: str = "real") -> pd.DataFrame:
-    """Run every method x seed x budget; return the long results table.
+                  setting: str = "real", orders: dict | None = None, cache: dict | None = None,
+                  graph_noise: float = 0.0) -> pd.DataFrame:
+    """Run every model x method x seed x budget on one data set; return the long results table.
 
     Parameters
     ----------
     data : PerturbData holding the pool and test perturbations.
-    graph : GeneGraph used for one-shot selection (and the GO prior kernel).
+    graph : GeneGraph used for one-shot selection and IterPert's GO prior kernel (the *selection*
+        graph; it may differ from the graph of ``edges``).
     pool, test : condition names; pool genes absent from the graph are dropped (logged).
     edges : edge DataFrame passed to graph-based models (default: the GO graph of the shared data folder).
     prior_kernels : extra IterPert priors {name: (c, c)} in sorted pool order (the GO kernel is added).
     setting : label written in every row (e.g. ``SEMI-SYNTHETIC ...`` or ``real: devel.h5ad``).
+    orders : extra one-shot orderings {method: [genes]} (e.g. the ``oracle`` positive control), each
+        at least as long as the largest budget.
+    cache : dict shared between calls on the same ``data`` and ``test`` (model fits keyed by model
+        and training set); default a fresh one.
+    graph_noise : fraction of rewired edges of ``graph`` (written in every row).
 
     Returns
     -------
-    DataFrame with columns setting, kind (one-shot | active), method, seed, budget, round, lab_rounds,
-    mse_top20_de, pearson_delta, select_seconds, fit_seconds, compute_seconds, chosen.
-    ``compute_seconds`` is what reaching that budget costs: one-shot = selection + one model fit;
-    active = every round's selection and retraining so far (BALD: including its ensemble).
-    One-shot fits with identical training sets are cached (deterministic models), so their
+    DataFrame with columns setting, prior, graph_noise, rewire, model, kind (one-shot | active), method,
+    seed, budget, round, lab_rounds, mse_top20_de, pearson_delta, select_seconds, fit_seconds,
+    compute_seconds, chosen. ``compute_seconds`` is what reaching that budget costs: one-shot =
+    selection + one model fit; active = every round's selection and retraining so far (BALD: including
+    its ensemble). Fits with identical training sets are cached (deterministic models), so their
     ``fit_seconds`` repeat the first measurement.
+
+    Raises
+    ------
+    BudgetError / ConfigError
+        The largest budget exceeds the pool in the graph.
     """
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=config.blas_threads, user_api="blas"):
-        return _run_benchmark(data, graph, pool, test, config, edges, prior_kernels, setting)
+        return _run_benchmark(data, graph, pool, test, config, edges, prior_kernels, setting, orders or {},
+                              {} if cache is None else cache, graph_noise)
 
 
-def _run_benchmark(data, graph, pool, test, config, edges, prior_kernels, setting) -> pd.DataFrame:
+def _run_benchmark(data, graph, pool, test, config, edges, prior_kernels, setting, orders, cache,
+                   graph_noise) -> pd.DataFrame:
     from ..perturbseq.metrics import evaluate
+    from .candidates import BudgetError
 
     sel = Selector(graph, pool, n_layers=config.n_layers, missing="drop")
     pool = [str(g) for g in sel.pool.genes]        # sorted, in graph
-    budgets = config.budgets
+    budgets = config.schedule
     if budgets[-1] > len(pool):
-        raise ConfigError(f"largest budget {budgets[-1]} exceeds the pool of {len(pool)} perturbations in "
-                          "the graph; lower --initial/--rounds/--batch.")
-    factory = model_factory(config.model, edges, config.n_layers, config.model_options)
-    cache: dict = {}
-
-    def score(train: list[str]) -> tuple[dict, float]:
-        key = frozenset(train)
-        if key not in cache:
-            t0 = time.perf_counter()
-            m = factory().fit(data, train)
-            fit_s = time.perf_counter() - t0
-            res = evaluate(m, data, list(test)).loc["mean"]
-            cache[key] = ({"mse_top20_de": float(res["mse_top20_de"]),
-                           "pearson_delta": float(res["pearson_delta"])}, fit_s)
-        return cache[key]
-
+        raise BudgetError(f"largest budget {budgets[-1]} exceeds the pool of {len(pool)} perturbations in "
+                          "the graph; lower the budgets (--initial/--rounds/--batch).")
+    test = list(test)
+    base = dict(setting=setting, prior=config.prior, graph_noise=float(graph_noise), rewire=config.rewire)
     rows = []
+    selections = {}
     for method in config.oneshot:
         for seed in config.seeds:
             t0 = time.perf_counter()
             res = sel.select(budgets[-1], method=method, seed=seed)
-            sel_s = time.perf_counter() - t0
-            for r, b in enumerate(budgets):
-                metrics, fit_s = score(res.genes[:b])
-                # one selection + one model fit serve budget b (smaller budgets' fits are evaluation only)
-                rows.append(dict(setting=setting, kind="one-shot", method=method, seed=seed, budget=b, round=r,
-                                 lab_rounds=1, **metrics, select_seconds=sel_s, fit_seconds=fit_s,
-                                 compute_seconds=sel_s + fit_s, chosen=";".join(res.genes[:b])))
-            log.info("one-shot %s seed %d done", method, seed)
-    priors = None
-    if "iterpert" in config.strategies:
-        priors = {"go": go_kernel(sel.reach), **(prior_kernels or {})}
-    for strategy in config.strategies:
+            selections[method, seed] = (res.genes, time.perf_counter() - t0)
+    for method, genes in orders.items():
         for seed in config.seeds:
-            acfg = ActiveConfig(strategy=strategy, initial=config.initial, rounds=config.rounds,
-                                batch=config.batch, seed=seed, n_ensemble=config.n_ensemble)
-            out = run_active_learning(data, pool, factory, acfg, prior_kernels=priors,
-                                      evaluate_fn=lambda m: _eval_mean(evaluate, m, data, test))
-            total = 0.0
-            for rec in out.rounds:
-                total += rec.fit_seconds + rec.select_seconds
-                rows.append(dict(setting=setting, kind="active", method=strategy, seed=seed,
-                                 budget=len(rec.labeled), round=rec.round, lab_rounds=rec.round + 1,
-                                 **rec.metrics, select_seconds=rec.select_seconds, fit_seconds=rec.fit_seconds,
-                                 compute_seconds=total, chosen=";".join(sorted(rec.labeled))))
-            log.info("active %s seed %d done", strategy, seed)
+            selections[method, seed] = (list(genes), 0.0)
+    for model_name in config.model_names:
+        factory = model_factory(model_name, edges, config.n_layers, config.options_for(model_name))
+
+        def score(train: list[str]) -> tuple[dict, float]:
+            key = (model_name, frozenset(train))
+            if key not in cache:
+                t0 = time.perf_counter()
+                m = factory().fit(data, train)
+                fit_s = time.perf_counter() - t0
+                cache[key] = (_eval_mean(evaluate, m, data, test), fit_s)
+            return cache[key]
+
+        for (method, seed), (genes, sel_s) in selections.items():
+            for r, b in enumerate(budgets):
+                metrics, fit_s = score(genes[:b])
+                # one selection + one model fit serve budget b (smaller budgets' fits are evaluation only)
+                rows.append(dict(base, model=model_name, kind="one-shot", method=method, seed=seed, budget=b,
+                                 round=r, lab_rounds=1, **metrics, select_seconds=sel_s, fit_seconds=fit_s,
+                                 compute_seconds=sel_s + fit_s, chosen=";".join(genes[:b])))
+            log.info("%s one-shot %s seed %d done", model_name, method, seed)
+        priors = None
+        if "iterpert" in config.strategies:
+            priors = {"go": go_kernel(sel.reach), **(prior_kernels or {})}
+        for strategy in config.strategies:
+            for seed in config.seeds:
+                acfg = ActiveConfig(strategy=strategy, schedule=tuple(budgets), seed=seed,
+                                    n_ensemble=config.n_ensemble)
+                out = run_active_learning(data, pool, factory, acfg, prior_kernels=priors,
+                                          evaluate_fn=lambda m: _eval_mean(evaluate, m, data, test))
+                total = 0.0
+                for rec in out.rounds:
+                    total += rec.fit_seconds + rec.select_seconds
+                    rows.append(dict(base, model=model_name, kind="active", method=strategy, seed=seed,
+                                     budget=len(rec.labeled), round=rec.round, lab_rounds=rec.round + 1,
+                                     **rec.metrics, select_seconds=rec.select_seconds, fit_seconds=rec.fit_seconds,
+                                     compute_seconds=total, chosen=";".join(sorted(rec.labeled))))
+                log.info("%s active %s seed %d done", model_name, strategy, seed)
     return pd.DataFrame(rows)
 
 
 def _eval_mean(evaluate, model, data, test) -> dict:
     res = evaluate(model, data, list(test)).loc["mean"]
-    return {"mse_top20_de": float(res["mse_top20_de"]), "pearson_delta": float(res["pearson_delta"])}
+    return {m: float(res[m]) for m in METRIC_NAMES}
 
 
-def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """Per setting, kind, method and budget: mean and std over seeds of mse_top20_de and
-    pearson_delta, Jaccard stability of the chosen sets across seeds, lab rounds, mean compute seconds."""
+# ----------------------------------------------------------------------------- statistics
+def t_interval(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Two-sided t-interval of the mean of ``x`` (NaN for fewer than 2 values; the mean if sd = 0)."""
+    from scipy import stats
+
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return float(x.mean() - half), float(x.mean() + half)
+
+
+def paired_test(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of the paired differences ``x - y`` (scipy default
+    method: exact for small samples without ties). 1.0 when every difference is 0, NaN for < 2 pairs."""
+    from scipy.stats import wilcoxon
+
+    d = np.asarray(x, dtype=np.float64) - np.asarray(y, dtype=np.float64)
+    if len(d) < 2:
+        return float("nan")
+    if np.all(d == 0):
+        return 1.0
+    return float(wilcoxon(d).pvalue)
+
+
+def bh_qvalues(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg q-values (statsmodels ``multipletests(method="fdr_bh")``); NaNs stay NaN."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(p, dtype=np.float64)
+    q = np.full_like(p, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        q[ok] = multipletests(p[ok], method="fdr_bh")[1]
+    return q
+
+
+def _ref_tag(kind: str, method: str) -> str:
+    return method if kind == "one-shot" else f"active_{method}"
+
+
+def summarize(results: pd.DataFrame, references: Sequence[tuple[str, str]] = REFERENCES,
+              alpha: float = 0.05) -> pd.DataFrame:
+    """Statistics per setting, prior, graph noise, model, kind, method and budget (a pure function of
+    ``results``: reading results.csv back and calling this reproduces summary.csv).
+
+    Columns: n_seeds; for each metric ``M`` of mse_top20_de, pearson_delta: ``M_mean``, ``M_std``
+    (ddof 0), ``M_ci_low``, ``M_ci_high`` (95% t-interval over seeds); jaccard_across_seeds,
+    lab_rounds, compute_seconds; and for each reference ``(kind, method)`` (tag ``random`` for the
+    one-shot random baseline, ``active_iterpert`` for IterPert) at the same setting, prior, graph noise,
+    model and budget, on the seeds both have: ``M_diff_vs_TAG`` (mean of method - reference),
+    ``M_diff_ci_low/high_vs_TAG``, ``M_p_vs_TAG`` (paired Wilcoxon), ``M_q_vs_TAG`` (BH over every
+    p-value of that column), and ``verdict_vs_TAG`` from mse_top20_de: ``better`` / ``worse`` (q <
+    ``alpha``, lower error = better), ``no difference`` otherwise, ``reference`` for the reference
+    itself, empty when the reference is absent. Missing columns prior, graph_noise, model (older
+    tables) default to ``go``, 0.0 and ``ridge``.
+    """
+    res = results.copy()
+    for col, default in (("prior", "go"), ("graph_noise", 0.0), ("model", "ridge")):
+        if col not in res:
+            res[col] = default
+    res["graph_noise"] = res["graph_noise"].astype(float)
     out = []
-    for key, g in results.groupby(["setting", "kind", "method", "budget"], sort=False):
-        out.append(dict(zip(["setting", "kind", "method", "budget"], key),
-                        n_seeds=g["seed"].nunique(),
-                        mse_top20_de_mean=g["mse_top20_de"].mean(), mse_top20_de_std=g["mse_top20_de"].std(ddof=0),
-                        pearson_delta_mean=g["pearson_delta"].mean(), pearson_delta_std=g["pearson_delta"].std(ddof=0),
-                        jaccard_across_seeds=_jaccard([set(c.split(";")) for c in g["chosen"]]),
-                        lab_rounds=int(g["lab_rounds"].max()), compute_seconds=g["compute_seconds"].mean()))
-    return pd.DataFrame(out)
+    groups = res.groupby(GROUP, sort=False)
+    for key, g in groups:
+        g = g.sort_values("seed")
+        row = dict(zip(GROUP, key), n_seeds=int(g["seed"].nunique()))
+        for m in METRIC_NAMES:
+            x = g[m].to_numpy(np.float64)
+            lo, hi = t_interval(x)
+            row.update({f"{m}_mean": x.mean(), f"{m}_std": x.std(ddof=0), f"{m}_ci_low": lo, f"{m}_ci_high": hi})
+        row.update(jaccard_across_seeds=_jaccard([set(str(c).split(";")) for c in g["chosen"]]),
+                   lab_rounds=int(g["lab_rounds"].max()), compute_seconds=g["compute_seconds"].mean())
+        out.append(row)
+    summ = pd.DataFrame(out)
+    index = {k: g.sort_values("seed") for k, g in groups}
+    for kind_r, meth_r in references:
+        tag = _ref_tag(kind_r, meth_r)
+        for m in METRIC_NAMES:
+            diffs, lows, highs, ps = [], [], [], []
+            for _, row in summ.iterrows():
+                ref_key = (row.setting, row.prior, row.graph_noise, row.model, kind_r, meth_r, row.budget)
+                own_key = tuple(row[c] for c in GROUP)
+                if ref_key not in index or ref_key == own_key:
+                    diffs.append(np.nan), lows.append(np.nan), highs.append(np.nan), ps.append(np.nan)
+                    continue
+                a = index[own_key].set_index("seed")[m]
+                r = index[ref_key].set_index("seed")[m]
+                common = a.index.intersection(r.index)
+                d = (a.loc[common] - r.loc[common]).to_numpy(np.float64)
+                lo, hi = t_interval(d)
+                diffs.append(d.mean() if len(d) else np.nan), lows.append(lo), highs.append(hi)
+                ps.append(paired_test(a.loc[common].to_numpy(), r.loc[common].to_numpy()))
+            summ[f"{m}_diff_vs_{tag}"] = diffs
+            summ[f"{m}_diff_ci_low_vs_{tag}"] = lows
+            summ[f"{m}_diff_ci_high_vs_{tag}"] = highs
+            summ[f"{m}_p_vs_{tag}"] = ps
+            summ[f"{m}_q_vs_{tag}"] = bh_qvalues(np.array(ps))
+        verdict = []
+        for _, row in summ.iterrows():
+            if row["kind"] == kind_r and row["method"] == meth_r:
+                verdict.append("reference")
+            elif not np.isfinite(row[f"mse_top20_de_q_vs_{tag}"]):
+                verdict.append("")
+            elif row[f"mse_top20_de_q_vs_{tag}"] < alpha:
+                verdict.append("better" if row[f"mse_top20_de_diff_vs_{tag}"] < 0 else "worse")
+            else:
+                verdict.append("no difference")
+        summ[f"verdict_vs_{tag}"] = verdict
+    return summ
 
 
 def published_iterpert(path: str | Path | None = None, metric: str = "mse_top20_de_non_dropout") -> pd.DataFrame:
@@ -221,41 +405,63 @@ def published_iterpert(path: str | Path | None = None, metric: str = "mse_top20_
                          "mean": df["mean"], "std": df["std"]}).reset_index(drop=True)
 
 
-def plot_benchmark(summary: pd.DataFrame, path: str | Path, published: pd.DataFrame | None = None) -> None:
-    """PNG: mse_top20_de and pearson_delta vs budget per method (mean +- std over seeds), one row of
-    panels per setting, plus a panel of the published IterPert curves (labelled published)."""
+def plot_benchmark(summary: pd.DataFrame, path: str | Path, published: pd.DataFrame | None = None,
+                   metric: str = "mse_top20_de") -> None:
+    """PNG of test ``metric`` vs budget (log scale): mean over seeds with its 95% interval (band),
+    one row of panels per (setting, prior, model) and one column per graph noise level; one-shot methods
+    solid, active learning dashed, the ``oracle`` positive control black. A last column shows the
+    published IterPert curves (mean +- std over their 10 runs), labelled published."""
     import matplotlib
 
-    settings = list(dict.fromkeys(summary["setting"]))
-    ncol = 3 if published is not None else 2
-    fig, axes = new_figure(len(settings), ncol, figsize=(5.2 * ncol, 4.2 * len(settings)), squeeze=False)
-    for i, s in enumerate(settings):
-        sub = summary[summary["setting"] == s]
-        for j, m in enumerate(["mse_top20_de", "pearson_delta"]):
+    summary = summary.copy()
+    for col, default in (("prior", "go"), ("graph_noise", 0.0), ("model", "ridge")):
+        if col not in summary:
+            summary[col] = default
+    panels = list(dict.fromkeys(zip(summary["setting"], summary["prior"], summary["model"])))
+    noises = sorted(summary["graph_noise"].unique())
+    ncol = len(noises) + (published is not None)
+    fig, axes = new_figure(len(panels), ncol, figsize=(4.6 * ncol, 3.8 * len(panels)), squeeze=False)
+    names = list(dict.fromkeys(summary["method"]))
+    palette = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"].colors
+    colors = dict(zip(names, palette))
+    colors[ORACLE] = "black"
+    has_ci = f"{metric}_ci_low" in summary
+    for i, (setting, prior, model) in enumerate(panels):
+        sub = summary[(summary["setting"] == setting) & (summary["prior"] == prior) & (summary["model"] == model)]
+        for j, x in enumerate(noises):
             ax = axes[i, j]
-            names = list(dict.fromkeys(summary["method"]))
-            colors = dict(zip(names, matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"].colors))
-            for (kind, meth), g in sub.groupby(["kind", "method"], sort=False):
-                ax.errorbar(g["budget"], g[f"{m}_mean"], yerr=g[f"{m}_std"], marker="o" if kind == "one-shot" else "s",
-                            ms=3, capsize=2, ls="-" if kind == "one-shot" else "--", color=colors[meth],
-                            label=f"{meth} ({kind})")
+            cur = sub[sub["graph_noise"] == x]
+            for (kind, meth), g in cur.groupby(["kind", "method"], sort=False):
+                g = g.sort_values("budget")
+                ls = "-" if kind == "one-shot" else "--"
+                ax.plot(g["budget"], g[f"{metric}_mean"], ls=ls, marker="o" if kind == "one-shot" else "s", ms=3,
+                        color=colors[meth], label=f"{meth} ({kind})", lw=1.6 if meth in (ORACLE, "graphreach") else 1)
+                if has_ci and g[f"{metric}_ci_low"].notna().any():
+                    ax.fill_between(g["budget"], g[f"{metric}_ci_low"], g[f"{metric}_ci_high"], color=colors[meth],
+                                    alpha=0.12, lw=0)
+            ax.set_xscale("log")
             ax.set_xlabel("perturbations measured (cumulative budget)")
-            ax.set_ylabel(f"test {m}")
-            ax.set_title(f"{s[:60]}", fontsize=8)
+            ax.set_ylabel(f"test {metric}")
+            ax.set_title(f"{setting[:48]}\nmodel {model}, prior {prior}, selection graph {100 * x:.0f}% rewired",
+                         fontsize=7)
             ax.grid(alpha=0.3)
-        axes[i, 0].legend(fontsize=6)
+            if j == 0:
+                ax.legend(fontsize=5.5)
         if published is not None:
-            ax = axes[i, 2]
+            ax = axes[i, -1]
             pcolors = matplotlib.colormaps["tab20"].colors
             for k, (st, g) in enumerate(published.groupby("strategy", sort=False)):
                 ax.errorbar(g["budget"], g["mean"], yerr=g["std"], marker="o", ms=3, capsize=2,
                             color=pcolors[k % 20], label=st[:40])
-            ax.set_title("PUBLISHED (Huang et al. 2024, K562 essential, GEARS)", fontsize=8)
+            ax.set_title("PUBLISHED (Huang et al. 2024, K562 essential, GEARS)\nnot our data or model", fontsize=7)
             ax.set_xlabel("perturbations measured")
             ax.set_ylabel(published["metric"].iloc[0])
             ax.legend(fontsize=5)
             ax.grid(alpha=0.3)
-    save_figure(fig, path, dpi=110)
+    save_figure(fig, path, dpi=100)
+
+
+_EXPRESSION_EMBEDDING: dict = {}
 
 
 def _expression_prior(pool: list[str]) -> dict:
@@ -263,25 +469,74 @@ def _expression_prior(pool: list[str]) -> dict:
     from ..datasets import pbmc3k
     from .active import expression_gene_embedding, expression_kernel
 
-    return {"expression": expression_kernel(expression_gene_embedding(pbmc3k()), pool)}
+    if "pbmc3k" not in _EXPRESSION_EMBEDDING:   # computed once per process (deterministic)
+        _EXPRESSION_EMBEDDING["pbmc3k"] = expression_gene_embedding(pbmc3k())
+    return {"expression": expression_kernel(_EXPRESSION_EMBEDDING["pbmc3k"], pool)}
+
+
+def oracle_order(ss, budget: int, hops: int | None = None, ridge: float = 0.1) -> list[str]:
+    """The positive control: plain greedy on :class:`~netformer.select.criteria.OracleVariance` with the
+    SGC features (``hops`` = the ground truth's K) of the TRUE graph of the semi-synthetic set ``ss``
+    and its test genes; ``lam = ridge * mean K_jj``. Returns ``budget`` pool genes in pick order."""
+    from ..perturbseq.models import SGCModel
+    from .criteria import OracleVariance
+    from .greedy import plain_greedy
+
+    sgc = SGCModel(hops=hops or ss.config.hops, go_graph=ss.edges)
+    crit = OracleVariance(sgc.features(ss.pool), sgc.features(ss.test))
+    crit.lam = ridge * float(crit._diag0.mean())
+    trace = plain_greedy(crit, budget)
+    return [ss.pool[i] for i in trace.order]
+
+
+def semisynthetic_setting(ss) -> str:
+    """The SEMI-SYNTHETIC label of every row of :func:`benchmark_semisynthetic`."""
+    c = ss.config
+    return (f"SEMI-SYNTHETIC: {c.n_candidates - c.n_test} pool / {c.n_test} test genes on the real GO graph, "
+            f"tau={c.tau}, own={c.own}, hops={c.hops}, n_cells={c.n_cells}, truth seed={c.seed}")
 
 
 def benchmark_semisynthetic(config: BenchmarkConfig, synth_config=None, *, graph: GeneGraph | None = None,
-                            expression_prior: bool = True) -> pd.DataFrame:
-    """Run :func:`run_benchmark` on the SEMI-SYNTHETIC set of :func:`~netformer.select.synthetic.make_semisynthetic`.
+                            expression_prior: bool = True, selection_edges: pd.DataFrame | None = None
+                            ) -> pd.DataFrame:
+    """Run the SEMI-SYNTHETIC benchmark of :func:`~netformer.select.synthetic.make_semisynthetic`.
 
-    Every row's ``setting`` says SEMI-SYNTHETIC. Returns the long results table.
+    For every seed of ``config.seeds``: one draw of the test split and the measurement noise
+    (:meth:`~netformer.select.synthetic.SemiSynthetic.draw`); for every ``config.graph_noise`` level
+    ``x``: one-shot selection on the selection graph with ``x`` of its edges rewired
+    (:func:`~netformer.select.synthetic.rewire_edges`, ``config.rewire``, seeded by the seed), while the
+    ground truth and the outcome models keep the true graph; the ``oracle`` positive control (if
+    ``config.positive_control``) and active learning (graph noise 0 only) as documented in
+    :class:`BenchmarkConfig`. ``selection_edges``: the selection graph before rewiring (default: the
+    true graph; the hook for other priors, e.g. a foundation-model gene graph). Every row's
+    ``setting`` says SEMI-SYNTHETIC. Returns the long results table (:func:`run_benchmark` columns).
     """
-    from .synthetic import make_semisynthetic
+    from .synthetic import make_semisynthetic, rewire_edges
 
-    ss = make_semisynthetic(synth_config, graph=graph)
-    sel_pool = [g for g in ss.pool if g in ss.graph]
-    priors = _expression_prior(sorted(sel_pool)) if expression_prior and "iterpert" in config.strategies else None
-    c = ss.config
-    setting = (f"SEMI-SYNTHETIC: {len(ss.pool)} pool / {len(ss.test)} test genes on the real GO graph, "
-               f"tau={c.tau}, own={c.own}, n_cells={c.n_cells}, seed={c.seed}")
-    return run_benchmark(ss.data, ss.graph, ss.pool, ss.test, config, edges=ss.edges, prior_kernels=priors,
-                         setting=setting)
+    from .candidates import check_budget
+
+    truth = make_semisynthetic(synth_config, graph=graph)
+    check_budget(config.schedule[-1], len(truth.pool))  # BudgetError before any work
+    setting = semisynthetic_setting(truth)
+    genes = list(truth.delta_true.index)
+    frames = []
+    for seed in config.seeds:
+        t0 = time.perf_counter()
+        ss = truth.draw(seed)
+        cfg1 = dataclasses.replace(config, seeds=(seed,))
+        orders = {ORACLE: oracle_order(ss, config.schedule[-1])} if config.positive_control else {}
+        priors = _expression_prior(sorted(ss.pool)) if expression_prior and "iterpert" in config.strategies else None
+        cache: dict = {}
+        base_edges = ss.edges if selection_edges is None else selection_edges
+        for x in config.graph_noise:
+            sel_edges = base_edges if x == 0 else rewire_edges(base_edges, x, seed=seed, method=config.rewire)
+            sel_graph = GeneGraph.from_edges(sel_edges, genes)
+            cfg = cfg1 if x == 0 else dataclasses.replace(cfg1, strategies=())
+            frames.append(run_benchmark(ss.data, sel_graph, ss.pool, ss.test, cfg, edges=ss.edges,
+                                        prior_kernels=priors, setting=setting, orders=orders, cache=cache,
+                                        graph_noise=x))
+        log.info("semi-synthetic seed %d done in %.0fs", seed, time.perf_counter() - t0)
+    return pd.concat(frames, ignore_index=True)
 
 
 def benchmark_file(path: str | Path, config: BenchmarkConfig, *, graph_path: str | Path | None = None,
@@ -294,8 +549,8 @@ def benchmark_file(path: str | Path, config: BenchmarkConfig, *, graph_path: str
     every double perturbation form the fixed test set. Raises :class:`ConfigError` if the schedule
     does not fit the pool.
     """
-    from ..perturbseq.data import read_perturbseq
     from ..graphs import go_graph, load_edge_list
+    from ..perturbseq.data import read_perturbseq
 
     data = read_perturbseq(path, subset=subset) if subset else read_perturbseq(path)
     graph = load_edge_list(graph_path)
@@ -314,9 +569,11 @@ def benchmark_file(path: str | Path, config: BenchmarkConfig, *, graph_path: str
 
 
 def write_report(results: pd.DataFrame, out: str | Path, *, overwrite: bool = False,
-                 published: pd.DataFrame | None = None) -> Path:
-    """Write ``results.csv`` (long), ``summary.csv``, ``published_iterpert.csv`` and ``benchmark.png``
-    into the directory ``out`` atomically; returns the path."""
+                 published: pd.DataFrame | None = None, config: BenchmarkConfig | None = None) -> Path:
+    """Write into the directory ``out`` atomically: ``results.csv`` (long; one row per method, model,
+    seed, budget, prior and graph noise), ``summary.csv`` (:func:`summarize`), ``published_iterpert.csv``,
+    ``benchmark.png`` (mse_top20_de vs budget with 95% intervals), ``benchmark_pearson.png``
+    (pearson_delta) and, with ``config``, ``config.json``. Returns the path."""
     from .._io import atomic_dir
 
     summary = summarize(results)
@@ -330,5 +587,8 @@ def write_report(results: pd.DataFrame, out: str | Path, *, overwrite: bool = Fa
         summary.to_csv(tmp / "summary.csv", index=False)
         if published is not None:
             published.to_csv(tmp / "published_iterpert.csv", index=False)
+        if config is not None:
+            (tmp / "config.json").write_text(config.to_json())
         plot_benchmark(summary, tmp / "benchmark.png", published)
+        plot_benchmark(summary, tmp / "benchmark_pearson.png", None, metric="pearson_delta")
     return Path(out)

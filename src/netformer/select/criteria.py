@@ -287,3 +287,54 @@ def pagerank_scores(adjacency: sp.spmatrix, node_index: np.ndarray, damping: flo
 def ranking_order(scores: np.ndarray) -> np.ndarray:
     """Candidate indices by decreasing score, ties by increasing index (stable)."""
     return np.lexsort((np.arange(len(scores)), -np.asarray(scores, dtype=np.float64)))
+
+
+class OracleVariance(Criterion):
+    """Oracle positive control: reduction of the summed posterior variance of the TEST perturbations'
+    predictions under a Bayesian linear model on features ``F`` (transductive / V-optimal experimental
+    design, Yu, Bi & Tresp, ICML 2006).
+
+    With kernel ``K = F F^T`` and noise ``lam``, ``f(S) = sum_t [K_tt - K_tS (K_SS + lam I)^-1 K_St]``
+    reduced, i.e. ``f(S) = sum_t (K_tt - Kres_tt(S))``. Adding ``j``: ``gain = ||Kres_{T,j}||^2 /
+    (Kres_jj + lam)`` and ``Kres <- Kres - Kres_{:,j} Kres_{j,:} / (Kres_jj + lam)``, with the candidate
+    residual columns rebuilt from the rank-1 factors (no inverse is formed). It knows the test set
+    (and, in the benchmark, the TRUE graph), so it is a positive control, not a usable method; it is
+    not submodular in general, so run it with :func:`~netformer.select.greedy.plain_greedy`.
+
+    Parameters
+    ----------
+    pool_features : (c, d) sparse or dense, candidate features.  test_features : (t, d).
+    lam : float, optional. Default ``0.1 * mean_j K_jj`` (the SGC model's default relative ridge).
+    """
+
+    name = "oracle_variance"
+
+    def __init__(self, pool_features, test_features, lam: float | None = None) -> None:
+        fp = sp.csr_matrix(pool_features, dtype=np.float64)
+        ft = sp.csr_matrix(test_features, dtype=np.float64)
+        if fp.shape[1] != ft.shape[1]:
+            raise ConfigError(f"pool features have {fp.shape[1]} columns, test features {ft.shape[1]}.")
+        self._fp = fp
+        self._kpt0 = np.asarray((fp @ ft.T).todense())
+        self._diag0 = np.asarray(fp.multiply(fp).sum(1)).ravel()
+        self.lam = float(0.1 * self._diag0.mean() if lam is None else lam)
+        super().__init__(fp.shape[0])
+
+    def _reset(self) -> None:
+        self._kpt = self._kpt0.copy()
+        self._diag = self._diag0.copy()
+        self._e: list[np.ndarray] = []
+
+    def _gains(self, idx):
+        r = self._kpt[idx]
+        return (r * r).sum(1) / (self._diag[idx] + self.lam)
+
+    def _add(self, j):
+        col = np.asarray((self._fp @ self._fp[j].T).todense()).ravel()
+        for e in self._e:
+            col -= e * e[j]
+        e = col / np.sqrt(self._diag[j] + self.lam)
+        et = self._kpt[j] / np.sqrt(self._diag[j] + self.lam)
+        self._kpt -= np.outer(e, et)
+        self._diag -= e * e
+        self._e.append(e)

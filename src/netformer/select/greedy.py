@@ -30,6 +30,7 @@ import pandas as pd
 from .._io import new_figure, save_figure
 from ..errors import ConfigError
 from ..graphs import GeneGraph, propagation_operator
+from .candidates import CandidatePool, check_budget, resolve_candidates
 from .criteria import (
     Criterion,
     GraphReachCoverage,
@@ -39,7 +40,6 @@ from .criteria import (
     pagerank_scores,
     ranking_order,
 )
-from .candidates import CandidatePool, check_budget, resolve_candidates
 
 log = logging.getLogger(__name__)
 
