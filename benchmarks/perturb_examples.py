@@ -27,24 +27,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from netformer.classify.genesets import INTERFERON_STIMULATED_GENES
 from netformer.datasets import shared_data_dir
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 TMP = RESULTS / "tmp"
 
-# Interferon-stimulated genes (Schoggins et al. 2011 Nature; Kang et al. 2018 stim-up genes); used only to
-# count how many of the top-ranked genes are known ISGs, never in the ranking itself.
-KNOWN_ISGS = {
-    "ISG15", "ISG20", "IFI6", "IFI27", "IFI35", "IFI44", "IFI44L", "IFIT1", "IFIT2", "IFIT3", "IFIT5", "IFITM1",
-    "IFITM2", "IFITM3", "MX1", "MX2", "OAS1", "OAS2", "OAS3", "OASL", "RSAD2", "LY6E", "IRF7", "IRF9", "STAT1",
-    "STAT2", "XAF1", "BST2", "HERC5", "HERC6", "SAMD9", "SAMD9L", "EPSTI1", "PLSCR1", "CXCL10", "CXCL11",
-    "TNFSF10", "GBP1", "GBP2", "GBP4", "GBP5", "IRF1", "SP100", "SP110", "PARP9", "PARP14", "DTX3L", "DDX58",
-    "IFIH1", "DDX60", "APOBEC3A", "LGALS3BP", "TRIM22", "TRIM5", "USP18", "CMPK2", "EIF2AK2", "PSME2",
-    "NT5C3A", "LAMP3", "CCL8", "CCL2", "SOCS1", "HSH2D", "RTP4", "LAP3", "SECTM1", "TYMP", "C19ORF66",
-    "SIGLEC1", "IFI16", "UBE2L6", "PSMB9", "TAP1", "NMI", "ADAR", "ZBP1", "SPATS2L", "TMEM140", "FBXO6", "DYNLT1",
-    "CD38", "IL1RN", "MT2A", "PLAAT4", "RARRES3", "TNFSF13B", "VAMP5", "SAT1", "SERPING1", "APOL6", "ISG20L2",
-}
+# Interferon-stimulated genes (Schoggins et al. 2011; Kang et al. 2018 stim-up genes; source in
+# netformer.classify.genesets); used only to count how many of the top-ranked genes are known ISGs, never in the
+# ranking itself.
+KNOWN_ISGS = INTERFERON_STIMULATED_GENES
 
 
 TABLE_COLUMNS = ["symbol", "ensembl_id", "n_cells", "mean_shift", "fdr_vs_pooled", "fdr_vs_null"]

@@ -7,6 +7,8 @@
 - :func:`check_dataset`: the one dataset-vs-model check.
 - :func:`default_device`, :func:`model_device`: the one device rule.
 - :func:`iter_hidden`: hidden states of many cells in length-sorted batches.
+- :func:`layer_forward`: one BERT encoder layer on the model's own weights, with key biases and,
+  on request, its attention probabilities (which the SDPA kernel never returns).
 
 Hidden-state layers are counted as in ``output_hidden_states``: ``0`` is the embedding layer's output,
 ``-1`` the last encoder layer, ``-2`` the second to last (upstream Geneformer's default,
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -158,6 +161,42 @@ def masked_mean(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 def special_tensor(vocab, device=None) -> torch.Tensor:
     """The dictionary's special token ids as a 1-D long tensor (for :func:`pool`)."""
     return torch.tensor(sorted(vocab.special_ids), dtype=torch.long, device=device)
+
+
+def layer_forward(layer, x: torch.Tensor, key_bias: torch.Tensor,
+                  return_attention: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """One Hugging Face ``BertLayer`` (post-LayerNorm, as in Geneformer) on its own weights, in eval mode.
+
+    Parameters
+    ----------
+    layer
+        A ``BertLayer`` (``model.encoder.layer[i]``).
+    x
+        (..., L, H) input hidden state of the layer (one cell (L, H) or a batch (B, L, H)).
+    key_bias
+        (..., L) additive bias on the attention logits of each key position (0 = present; a large
+        negative number masks padding; ``log g`` gates a token as :func:`netformer.perturb.gated_forward`).
+    return_attention
+        Also return the attention probabilities, (..., heads, L, L) (query x key, rows sum to 1),
+        ``softmax(q k^T / sqrt(d_head) + key_bias)``: what ``output_attentions=True`` gives with eager
+        attention.
+
+    Returns the (..., L, H) output state (and the probabilities). Dropout is not applied. Equals the
+    model's own layer to float tolerance (tested in test_perturb and test_network).
+    """
+    att = layer.attention.self
+    nh, hd = att.num_attention_heads, att.attention_head_size
+    lead = x.shape[:-1]  # (..., L)
+    q = att.query(x).view(*lead, nh, hd).transpose(-2, -3)  # (..., nh, L, hd)
+    k = att.key(x).view(*lead, nh, hd).transpose(-2, -3)
+    v = att.value(x).view(*lead, nh, hd).transpose(-2, -3)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(hd) + key_bias.unsqueeze(-2).unsqueeze(-2)
+    probs = scores.softmax(-1)
+    ctx = (probs @ v).transpose(-2, -3).reshape(*lead, nh * hd)
+    a = layer.attention.output.LayerNorm(layer.attention.output.dense(ctx) + x)
+    m = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(a))
+    out = layer.output.LayerNorm(layer.output.dense(m) + a)
+    return (out, probs) if return_attention else out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ __all__ = [
     "go_graph_from_annotations",
     "load_edge_list",
     "load_edges",
+    "pearson_matrix",
     "propagation_operator",
     "read_gene2go",
     "restrict_edges",
@@ -526,6 +527,23 @@ def go_graph(source: pd.DataFrame | str | os.PathLike | None = None, **kwargs) -
 # --------------------------------------------------------------------------------------------
 # co-expression graph
 # --------------------------------------------------------------------------------------------
+def pearson_matrix(X: np.ndarray | sp.spmatrix, n_genes: int | None = None) -> np.ndarray:
+    """Pearson ``r`` between the columns (genes) of ``X`` (cells x genes) over the cells: (genes, genes)
+    float64, constant genes get ``r = 0`` (diagonal included). Raises :class:`InputDataError` if ``X``
+    is not 2-D with ``n_genes`` columns or has fewer than 3 cells."""
+    X = X.toarray() if sp.issparse(X) else np.asarray(X)
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or (n_genes is not None and X.shape[1] != n_genes):
+        raise InputDataError(f"X has shape {X.shape}, expected (n_cells, {n_genes}).")
+    if X.shape[0] < 3:
+        raise InputDataError("a co-expression graph needs at least 3 cells.")
+    Xc = X - X.mean(0, keepdims=True)
+    norm = np.sqrt((Xc**2).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        R = (Xc.T @ Xc) / np.outer(norm, norm)
+    return np.nan_to_num(R, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def coexpression_graph(
     X: np.ndarray | sp.spmatrix,
     genes: Sequence[str],
@@ -542,16 +560,7 @@ def coexpression_graph(
     then decreasing importance. Raises :class:`InputDataError` if ``X`` is not (n_cells,
     len(genes)) or has fewer than 3 cells.
     """
-    X = X.toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[1] != len(genes):
-        raise InputDataError(f"X has shape {X.shape}, expected (n_cells, {len(genes)}).")
-    if X.shape[0] < 3:
-        raise InputDataError("a co-expression graph needs at least 3 cells.")
-    Xc = X - X.mean(0, keepdims=True)
-    norm = np.sqrt((Xc**2).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        R = (Xc.T @ Xc) / np.outer(norm, norm)
-    R = np.abs(np.nan_to_num(R, nan=0.0, posinf=0.0, neginf=0.0))
+    R = np.abs(pearson_matrix(X, len(genes)))
     n = len(genes)
     kk = min(k + 1, n)
     top = np.argpartition(-R, kk - 1, axis=1)[:, :kk]

@@ -7,8 +7,8 @@ predictions into ``obs``, tables into ``uns``; ``uns[key_added]`` records how th
 (model, layer, pooling, dictionary name and digest, netformer version). With ``copy=True`` the
 input is left untouched and the annotated copy is returned; otherwise ``None`` is returned.
 
-The science is in :mod:`netformer.embed`, :mod:`netformer.annotate`, :mod:`netformer.classify`
-and :mod:`netformer.perturb`; these are the AnnData front door to them.
+The science is in :mod:`netformer.embed`, :mod:`netformer.annotate`, :mod:`netformer.classify`,
+:mod:`netformer.perturb` and :mod:`netformer.network`; these are the AnnData front door to them.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pandas as pd
 
 from .errors import ConfigError, InputDataError
 
-__all__ = ["annotate", "classify", "embed", "embed_genes", "perturb"]
+__all__ = ["annotate", "classify", "embed", "embed_genes", "gene_network", "perturb"]
 
 
 def _version() -> str:
@@ -228,3 +228,68 @@ def perturb(adata, model, config=None, states=None, *, vocab=None, layer: str | 
                             "vocab_digest": vocab.digest, "complete": bool(res.complete),
                             "netformer_version": _version()}
     return (res, adata) if copy else res
+
+
+def gene_network(adata, model, *, kind: str = "attention", config=None, perturb_config=None, vocab=None,
+                 layer: str | None = None, key_added: str = "gene_network", baseline: bool = True, go: bool = True,
+                 subfolder: str | None = None, copy: bool = False):
+    """A gene network of ``adata``'s cells into ``adata.uns[key_added]``.
+
+    ``kind="attention"``: :func:`netformer.network.attention_network` (gene-to-gene attention,
+    aggregated over cells, row-normalised); ``kind="perturbation"``:
+    :func:`netformer.network.perturbation_network_from_model` (every expressed gene of each cell
+    deleted, ``score(A -> B)`` = mean ``1 - cos`` of gene B's contextual embedding). ``config``:
+    :class:`~netformer.network.NetworkConfig` (cells, layers, heads, ``min_cells``, top-k);
+    ``perturb_config``: the deletion screen's :class:`~netformer.perturb.PerturbConfig`.
+
+    ``uns[key_added]`` holds ``edges`` (DataFrame ``source, target, source_symbol, target_symbol, score,
+    n_cells``: top-k per source), ``centrality`` (``gene, symbol, degree, in_degree, out_degree,
+    pagerank, eigenvector``), ``scores`` (GO AUPRC beside shuffled scores, the base rate and, with
+    ``baseline``, the co-expression network of the cells ``config`` selects, which are the perturbed ones
+    unless ``perturb_config`` selects others; the interferon-stimulated-gene module;
+    :func:`netformer.network.network_report`), ``info``, ``config`` and the model and dictionary.
+    ``go=False`` skips the GO scores (they are skipped anyway when the GO graph file is not found).
+
+    Raises the errors of the network functions (:class:`~netformer.errors.ConfigError` for a layer or
+    head the model lacks, :class:`~netformer.errors.InputDataError` when no gene passes ``min_cells``)
+    and :func:`embed`'s for the cells.
+    """
+    from .errors import ConfigError
+    from .network import (
+        NetworkConfig,
+        attention_network,
+        coexpression_network,
+        network_cells,
+        network_report,
+        perturbation_network_from_model,
+        resolve_layers_heads,
+    )
+
+    if kind not in ("attention", "perturbation"):
+        raise ConfigError(f"kind must be 'attention' or 'perturbation', got {kind!r}")
+    cfg = config or NetworkConfig()
+    adata = adata.copy() if copy else adata
+    base, vocab, name, size = _model_and_vocab(model, vocab, subfolder, cfg.device)
+    if kind == "attention":
+        resolve_layers_heads(base, cfg)
+    cols = list((cfg.cell_filter or {}).keys())
+    missing = [c for c in cols if c not in adata.obs.columns]
+    if missing:
+        raise ConfigError(f"adata.obs has no column(s) {missing}; columns are {list(adata.obs.columns)}")
+    ds = _tokenized(adata, vocab, cfg.max_length or size, layer, obs_columns=cols)
+    if kind == "attention":
+        net = attention_network(base, ds, cfg, vocab=vocab)
+    else:
+        net = perturbation_network_from_model(base, ds, cfg, perturb_config, vocab=vocab)
+    base_net = None
+    if baseline:
+        import anndata as ad
+
+        cells = adata[_rows(adata, ds)[network_cells(ds, cfg)]]  # the network's cells (config's selection)
+        counts = cells if layer is None else ad.AnnData(cells.layers[layer], var=cells.var)
+        base_net = coexpression_network(counts, vocab, genes=net.genes)
+    rep = network_report(net, cfg, baseline=base_net, go=go)
+    adata.uns[key_added] = {"edges": rep.edges, "centrality": rep.centrality, "scores": rep.scores,
+                            "info": net.info, "kind": kind, "config": cfg.to_dict(), "model": name,
+                            "vocab": vocab.name, "vocab_digest": vocab.digest, "netformer_version": _version()}
+    return adata if copy else None

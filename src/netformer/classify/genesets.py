@@ -27,6 +27,23 @@ log = logging.getLogger(__name__)
 TF_GO_TERMS = ("GO:0003700", "GO:0000981", "GO:0001228", "GO:0001227", "GO:0001216", "GO:0001217", "GO:0098531")
 
 
+#: Interferon-stimulated genes (symbols): the ISGs of Schoggins et al. 2011 Nature 472:481 (the set of
+#: interferon-induced effectors screened there) together with the genes up in interferon-beta-stimulated
+#: PBMCs of Kang et al. 2018 Nat Biotechnol 36:89. Used to check results, never to make them: how many
+#: top-ranked genes of an in silico treatment are ISGs (benchmarks/perturb_examples.py), and whether the
+#: ISGs form a connected, central module of a gene network (:func:`netformer.network.module_score`).
+INTERFERON_STIMULATED_GENES = frozenset({
+    "ISG15", "ISG20", "IFI6", "IFI27", "IFI35", "IFI44", "IFI44L", "IFIT1", "IFIT2", "IFIT3", "IFIT5", "IFITM1",
+    "IFITM2", "IFITM3", "MX1", "MX2", "OAS1", "OAS2", "OAS3", "OASL", "RSAD2", "LY6E", "IRF7", "IRF9", "STAT1",
+    "STAT2", "XAF1", "BST2", "HERC5", "HERC6", "SAMD9", "SAMD9L", "EPSTI1", "PLSCR1", "CXCL10", "CXCL11",
+    "TNFSF10", "GBP1", "GBP2", "GBP4", "GBP5", "IRF1", "SP100", "SP110", "PARP9", "PARP14", "DTX3L", "DDX58",
+    "IFIH1", "DDX60", "APOBEC3A", "LGALS3BP", "TRIM22", "TRIM5", "USP18", "CMPK2", "EIF2AK2", "PSME2",
+    "NT5C3A", "LAMP3", "CCL8", "CCL2", "SOCS1", "HSH2D", "RTP4", "LAP3", "SECTM1", "TYMP", "C19ORF66",
+    "SIGLEC1", "IFI16", "UBE2L6", "PSMB9", "TAP1", "NMI", "ADAR", "ZBP1", "SPATS2L", "TMEM140", "FBXO6", "DYNLT1",
+    "CD38", "IL1RN", "MT2A", "PLAAT4", "RARRES3", "TNFSF13B", "VAMP5", "SAT1", "SERPING1", "APOL6", "ISG20L2",
+})
+
+
 def go_gene_set(go_ids: Iterable[str], gene2go: pd.DataFrame) -> set[str]:
     """Symbols annotated with any of ``go_ids``; ``gene2go`` has columns ``gene, go_id``
     (:func:`netformer.graphs.read_gene2go`)."""

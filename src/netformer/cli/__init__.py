@@ -8,6 +8,7 @@ registered here in one place::
     netformer finetune                     (netformer.cli.finetune)
     netformer perturb                      (netformer.cli.perturb)
     netformer select run | benchmark       (netformer.cli.select)
+    netformer network attention | perturbation   (netformer.cli.network)
 
 :func:`main` (the ``netformer`` console script, ``python -m netformer``, ``torchrun -m netformer``)
 runs them behind one error boundary: bad input gives one line ``error: ...`` and exit status 2,
@@ -32,7 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer  # noqa: E402
 
-from . import data, finetune, model, perturb, select  # noqa: E402
+from . import data, finetune, model, network, perturb, select  # noqa: E402
 
 app = typer.Typer(
     help="netformer: single-cell foundation model and Perturb-seq experiment design.",
@@ -54,6 +55,12 @@ app.command("perturb")(perturb.perturb)
 select_app.command("run")(select.run)
 select_app.command("benchmark")(select.benchmark)
 app.add_typer(select_app, name="select")
+network_app = typer.Typer(help="Gene networks from the model (attention, in silico deletion), their centrality and "
+                               "their scores against GO and co-expression.", no_args_is_help=True,
+                          rich_markup_mode=None)
+network_app.command("attention")(network.attention)
+network_app.command("perturbation")(network.perturbation)
+app.add_typer(network_app, name="network")
 
 _state = {"verbose": False}
 

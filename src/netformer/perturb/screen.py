@@ -34,35 +34,20 @@ pretrained encoder this raised the screen's agreement with exact mode without ce
 pooling term alone to the figures in docs/precision.md. Exact evaluation of the top-K genes by
 estimate follows in :func:`netformer.perturb.perturb` (``mode="screen"``).
 
-The forward pass re-implements the Hugging Face BERT layer (post-LayerNorm, as in Geneformer) on
-the model's own weights; at ``g = 1`` it equals the model's output to float tolerance (tested).
+The forward pass runs :func:`netformer.encoder.layer_forward` (the Hugging Face BERT layer, post-LayerNorm as
+in Geneformer, on the model's own weights); at ``g = 1`` it equals the model's output to float tolerance (tested).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from ..encoder import base_model, layer_forward, masked_mean
 from ..errors import ConfigError
-from ..encoder import base_model, masked_mean
 from .ops import CellLayout, shift_size
-
-
-def _layer_forward(layer, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    att = layer.attention.self
-    nh, hd = att.num_attention_heads, att.attention_head_size
-    L = x.shape[0]
-    q = att.query(x).view(L, nh, hd).transpose(0, 1)
-    k = att.key(x).view(L, nh, hd).transpose(0, 1)
-    v = att.value(x).view(L, nh, hd).transpose(0, 1)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(hd) + bias
-    ctx = (scores.softmax(-1) @ v).transpose(0, 1).reshape(L, nh * hd)
-    a = layer.attention.output.LayerNorm(layer.attention.output.dense(ctx) + x)
-    m = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(a))
-    return layer.output.LayerNorm(layer.output.dense(m) + a)
 
 
 def gated_forward(model, ids: Sequence[int], gate: torch.Tensor | None = None,
@@ -93,7 +78,7 @@ def gated_forward(model, ids: Sequence[int], gate: torch.Tensor | None = None,
     dt = h.dtype  # the model's (bf16 for a bf16 inference copy): gates enter in it, the state leaves as float32
     bias = torch.zeros(len(t), device=dev, dtype=dt) if gate is None else torch.log(gate).to(dt)
     for layer in base.encoder.layer:
-        h = _layer_forward(layer, h, bias)
+        h = layer_forward(layer, h, bias)
     return x, h.float()
 
 
