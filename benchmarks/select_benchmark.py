@@ -14,7 +14,7 @@ Runs, in one process:
     OMP_NUM_THREADS=1 python benchmarks/select_benchmark.py --out select_benchmark_out [--seeds 10] \
         [--gears-seeds 5] [--no-real]
 
-Writes results.csv, summary.csv, published_iterpert.csv, benchmark.png, benchmark_pearson.png and
+Writes results.csv, summary.csv, published_iterpert.csv, benchmark.png, benchmark_vs_random.png and
 config.json (:func:`netformer.select.benchmark.write_report`) and prints the tables of docs/select.md.
 The CLI equivalent of part 1: ``netformer select benchmark --out DIR --model ridge --model sgc --seeds 10
 --graph-noise 0 --graph-noise 0.1 --graph-noise 0.3 --graph-noise 0.5``.

@@ -132,7 +132,7 @@ def test_semisynthetic_benchmark_end_to_end(synth, tmp_path):
     assert summ["setting"].str.contains("SEMI-SYNTHETIC").all()
     out = write_report(res, tmp_path / "report")
     assert {p.name for p in out.iterdir()} == {"results.csv", "summary.csv", "published_iterpert.csv", "benchmark.png",
-                                               "benchmark_pearson.png"}
+                                               "benchmark_vs_random.png"}
     pub = pd.read_csv(out / "published_iterpert.csv")
     assert (pub["source"] == PUBLISHED_LABEL).all()
 

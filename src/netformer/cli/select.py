@@ -84,7 +84,7 @@ def run(
 
 def benchmark(
     out: Annotated[Path, typer.Option("--out", "-o", show_default=False, help="Output directory (results.csv, "
-                                      "summary.csv, published_iterpert.csv, benchmark.png, benchmark_pearson.png, "
+                                      "summary.csv, published_iterpert.csv, benchmark.png, benchmark_vs_random.png, "
                                       "config.json).")],
     data: Annotated[Optional[Path], typer.Option(
         help="REAL Perturb-seq h5ad (GEARS perturb_processed.h5ad or scPerturb style). Default: the SEMI-SYNTHETIC "

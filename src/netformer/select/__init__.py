@@ -11,6 +11,7 @@ from .criteria import (
     GraphReachCoverage,
     GraphReachFacility,
     MaxSpec,
+    OracleVariance,
     degree_scores,
     pagerank_scores,
 )
@@ -27,6 +28,6 @@ from .greedy import (
 
 __all__ = [
     "BudgetError", "CandidatePool", "Criterion", "GraphReachCoverage", "GraphReachFacility",
-    "GreedyTrace", "METHODS", "MaxSpec", "SelectConfig", "SelectionResult", "Selector", "check_budget",
+    "GreedyTrace", "METHODS", "MaxSpec", "OracleVariance", "SelectConfig", "SelectionResult", "Selector", "check_budget",
     "degree_scores", "lazy_greedy", "pagerank_scores", "plain_greedy", "resolve_candidates", "select",
 ]

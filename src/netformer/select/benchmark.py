@@ -406,11 +406,15 @@ def published_iterpert(path: str | Path | None = None, metric: str = "mse_top20_
 
 
 def plot_benchmark(summary: pd.DataFrame, path: str | Path, published: pd.DataFrame | None = None,
-                   metric: str = "mse_top20_de") -> None:
+                   metric: str = "mse_top20_de", relative: bool = False) -> None:
     """PNG of test ``metric`` vs budget (log scale): mean over seeds with its 95% interval (band),
     one row of panels per (setting, prior, model) and one column per graph noise level; one-shot methods
     solid, active learning dashed, the ``oracle`` positive control black. A last column shows the
-    published IterPert curves (mean +- std over their 10 runs), labelled published."""
+    published IterPert curves (mean +- std over their 10 runs), labelled published.
+
+    ``relative=True``: the paired difference to one-shot random (``{metric}_diff_vs_random``, mean and
+    95% t-interval over seeds) instead; the per-method intervals are wide because every seed has its
+    own test set, the paired differences are what the tests in summary.csv assess."""
     import matplotlib
 
     summary = summary.copy()
@@ -431,19 +435,29 @@ def plot_benchmark(summary: pd.DataFrame, path: str | Path, published: pd.DataFr
         for j, x in enumerate(noises):
             ax = axes[i, j]
             cur = sub[sub["graph_noise"] == x]
+            if relative:
+                mean_c, lo_c, hi_c = (f"{metric}_diff_vs_random", f"{metric}_diff_ci_low_vs_random",
+                                      f"{metric}_diff_ci_high_vs_random")
+                ax.axhline(0, color="grey", lw=0.8)
+            else:
+                mean_c, lo_c, hi_c = f"{metric}_mean", f"{metric}_ci_low", f"{metric}_ci_high"
             for (kind, meth), g in cur.groupby(["kind", "method"], sort=False):
                 g = g.sort_values("budget")
+                if relative and (mean_c not in g or g[mean_c].isna().all()):
+                    continue
                 ls = "-" if kind == "one-shot" else "--"
-                ax.plot(g["budget"], g[f"{metric}_mean"], ls=ls, marker="o" if kind == "one-shot" else "s", ms=3,
+                ax.plot(g["budget"], g[mean_c], ls=ls, marker="o" if kind == "one-shot" else "s", ms=3,
                         color=colors[meth], label=f"{meth} ({kind})", lw=1.6 if meth in (ORACLE, "graphreach") else 1)
-                if has_ci and g[f"{metric}_ci_low"].notna().any():
-                    ax.fill_between(g["budget"], g[f"{metric}_ci_low"], g[f"{metric}_ci_high"], color=colors[meth],
-                                    alpha=0.12, lw=0)
+                if (has_ci or relative) and lo_c in g and g[lo_c].notna().any():
+                    ax.fill_between(g["budget"], g[lo_c], g[hi_c], color=colors[meth], alpha=0.12, lw=0)
             ax.set_xscale("log")
+            budgets = sorted(cur["budget"].unique())
+            ax.set_xticks(budgets, [str(b) for b in budgets], fontsize=7)
+            ax.minorticks_off()
             ax.set_xlabel("perturbations measured (cumulative budget)")
-            ax.set_ylabel(f"test {metric}")
-            ax.set_title(f"{setting[:48]}\nmodel {model}, prior {prior}, selection graph {100 * x:.0f}% rewired",
-                         fontsize=7)
+            ax.set_ylabel(f"{metric}: method - random (paired)" if relative else f"test {metric}")
+            ax.set_title(f"{setting.split(' on ')[0][:60]}\nmodel {model}, prior {prior}, selection graph "
+                         f"{100 * x:.0f}% rewired", fontsize=7)
             ax.grid(alpha=0.3)
             if j == 0:
                 ax.legend(fontsize=5.5)
@@ -511,9 +525,8 @@ def benchmark_semisynthetic(config: BenchmarkConfig, synth_config=None, *, graph
     true graph; the hook for other priors, e.g. a foundation-model gene graph). Every row's
     ``setting`` says SEMI-SYNTHETIC. Returns the long results table (:func:`run_benchmark` columns).
     """
-    from .synthetic import make_semisynthetic, rewire_edges
-
     from .candidates import check_budget
+    from .synthetic import make_semisynthetic, rewire_edges
 
     truth = make_semisynthetic(synth_config, graph=graph)
     check_budget(config.schedule[-1], len(truth.pool))  # BudgetError before any work
@@ -572,8 +585,8 @@ def write_report(results: pd.DataFrame, out: str | Path, *, overwrite: bool = Fa
                  published: pd.DataFrame | None = None, config: BenchmarkConfig | None = None) -> Path:
     """Write into the directory ``out`` atomically: ``results.csv`` (long; one row per method, model,
     seed, budget, prior and graph noise), ``summary.csv`` (:func:`summarize`), ``published_iterpert.csv``,
-    ``benchmark.png`` (mse_top20_de vs budget with 95% intervals), ``benchmark_pearson.png``
-    (pearson_delta) and, with ``config``, ``config.json``. Returns the path."""
+    ``benchmark.png`` (mse_top20_de vs budget with 95% intervals), ``benchmark_vs_random.png`` (paired mse_top20_de difference to one-shot random, when
+    the table has random) and, with ``config``, ``config.json``. Returns the path."""
     from .._io import atomic_dir
 
     summary = summarize(results)
@@ -590,5 +603,6 @@ def write_report(results: pd.DataFrame, out: str | Path, *, overwrite: bool = Fa
         if config is not None:
             (tmp / "config.json").write_text(config.to_json())
         plot_benchmark(summary, tmp / "benchmark.png", published)
-        plot_benchmark(summary, tmp / "benchmark_pearson.png", None, metric="pearson_delta")
+        if "mse_top20_de_diff_vs_random" in summary and summary["mse_top20_de_diff_vs_random"].notna().any():
+            plot_benchmark(summary, tmp / "benchmark_vs_random.png", None, relative=True)
     return Path(out)
