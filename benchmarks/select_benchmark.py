@@ -13,6 +13,7 @@ Runs, in one process:
 
     OMP_NUM_THREADS=1 python benchmarks/select_benchmark.py --out select_benchmark_out [--seeds 10] \
         [--gears-seeds 5] [--no-real]
+    python benchmarks/select_benchmark.py --from-results OUT/results.csv --out OUT2   # tables again
 
 Writes results.csv, summary.csv, published_iterpert.csv, benchmark.png, benchmark_vs_random.png and
 config.json (:func:`netformer.select.benchmark.write_report`) and prints the tables of docs/select.md.
@@ -43,29 +44,68 @@ BUDGETS = (25, 50, 100, 200, 400, 600)
 GEARS_OPTIONS = {"hidden": 32, "epochs": 10, "lr_decay": 1.0, "seed": 0, "device": "cpu"}
 
 
+def _cell(r, tag: str = "random", ci: bool = True) -> str:
+    mark = {"better": " **+**", "worse": " **-**"}.get(r.get(f"verdict_vs_{tag}", ""), "")
+    q = r.get(f"mse_top20_de_q_vs_{tag}", float("nan"))
+    qs = f" q={q:.2g}" if pd.notna(q) else ""
+    ci_s = f" [{r['mse_top20_de_ci_low']:.4f}, {r['mse_top20_de_ci_high']:.4f}]" if ci else ""
+    return f"{r['mse_top20_de_mean']:.4f}{ci_s}{qs}{mark}"
+
+
 def markdown_tables(summ: pd.DataFrame) -> str:
-    """The docs tables: per model and graph noise, mse_top20_de mean [95% CI] per method and budget,
-    with the paired verdict against random (and against IterPert for one-shot methods)."""
+    """The docs tables, all from ``summarize(results)``.
+
+    1. Per setting and model at graph noise 0: mse_top20_de mean [95% t-interval] per method and
+       budget, BH q-value of the paired Wilcoxon test against one-shot random, **+** / **-** = better /
+       worse than random at q < 0.05.
+    2. Graph noise: paired difference to random (and q) of the graph-based one-shot methods per noise level.
+    3. One-shot vs active: paired difference of each one-shot method to IterPert (and q).
+    """
     lines = []
-    for (setting, model, noise), g in summ.groupby(["setting", "model", "graph_noise"], sort=False):
-        lines.append(f"\n#### {setting[:40]}... model `{model}`, selection graph {100 * noise:.0f}% rewired\n")
+    for (setting, model), g in summ[summ.graph_noise == 0].groupby(["setting", "model"], sort=False):
+        lines.append(f"\n#### {setting.split(' on ')[0]}; model `{model}`; selection graph = true graph\n")
         budgets = sorted(g["budget"].unique())
         lines.append("| method | kind | " + " | ".join(f"B={b}" for b in budgets) + " |")
         lines.append("|---|---|" + "---|" * len(budgets))
         for (kind, meth), h in g.groupby(["kind", "method"], sort=False):
             h = h.set_index("budget")
+            lines.append(f"| {meth} | {kind} | " + " | ".join(_cell(h.loc[b]) if b in h.index else ""
+                                                              for b in budgets) + " |")
+    noisy = summ[(summ.kind == "one-shot") & ~summ.method.isin(["random", "oracle"])]
+    if noisy["graph_noise"].nunique() > 1:
+        lines.append("\n#### Graph noise: mse_top20_de difference to random (paired mean, q), selection graph "
+                     "rewired (degree-preserving); truth and models keep the true graph\n")
+        budgets = sorted(noisy["budget"].unique())
+        lines.append("| model | method | rewired | " + " | ".join(f"B={b}" for b in budgets) + " |")
+        lines.append("|---|---|---|" + "---|" * len(budgets))
+        for (model, meth, x), h in noisy.groupby(["model", "method", "graph_noise"], sort=True):
+            if summ[(summ.model == model)]["graph_noise"].nunique() < 2:
+                continue
+            h = h.set_index("budget")
             cells = []
             for b in budgets:
-                if b not in h.index:
-                    cells.append("")
-                    continue
                 r = h.loc[b]
                 mark = {"better": " **+**", "worse": " **-**"}.get(r["verdict_vs_random"], "")
-                q = r["mse_top20_de_q_vs_random"]
-                qs = f" q={q:.2g}" if pd.notna(q) else ""
-                cells.append(f"{r['mse_top20_de_mean']:.4f} [{r['mse_top20_de_ci_low']:.4f}, "
-                             f"{r['mse_top20_de_ci_high']:.4f}]{qs}{mark}")
-            lines.append(f"| {meth} | {kind} | " + " | ".join(cells) + " |")
+                cells.append(f"{r['mse_top20_de_diff_vs_random']:+.4f} q={r['mse_top20_de_q_vs_random']:.2g}{mark}")
+            lines.append(f"| {model} | {meth} | {100 * x:.0f}% | " + " | ".join(cells) + " |")
+    vs = summ[(summ.kind == "one-shot") & (summ.graph_noise == 0)]
+    if "mse_top20_de_diff_vs_active_iterpert" in vs and vs["mse_top20_de_diff_vs_active_iterpert"].notna().any():
+        lines.append("\n#### One-shot vs active learning: mse_top20_de difference to IterPert (paired mean, q; "
+                     "**+** = one-shot better, **-** = worse at q < 0.05)\n")
+        budgets = sorted(vs["budget"].unique())
+        lines.append("| model | method | " + " | ".join(f"B={b}" for b in budgets) + " |")
+        lines.append("|---|---|" + "---|" * len(budgets))
+        for (model, meth), h in vs.groupby(["model", "method"], sort=False):
+            h = h.set_index("budget")
+            if h["mse_top20_de_diff_vs_active_iterpert"].isna().all():
+                continue
+            cells = []
+            for b in budgets:
+                r = h.loc[b]
+                mark = {"better": " **+**", "worse": " **-**"}.get(r["verdict_vs_active_iterpert"], "")
+                cells.append(f"{r['mse_top20_de_diff_vs_active_iterpert']:+.4f} "
+                             f"q={r['mse_top20_de_q_vs_active_iterpert']:.2g}{mark}")
+            lines.append(f"| {model} | {meth} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -76,7 +116,14 @@ def main() -> None:
     ap.add_argument("--gears-seeds", type=int, default=5)
     ap.add_argument("--no-real", action="store_true")
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--from-results", help="Only rewrite the report and tables from an existing results.csv "
+                                           "(the summary is a function of it).")
     args = ap.parse_args()
+    if args.from_results:
+        res = pd.read_csv(args.from_results)
+        write_report(res, args.out, overwrite=args.overwrite)
+        print(markdown_tables(summarize(res)))
+        return
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("netformer.select.benchmark").setLevel(logging.INFO)
     t0 = time.perf_counter()
