@@ -117,6 +117,13 @@ def replace_dir(new: str | os.PathLike, path: str | os.PathLike) -> Path:
     return path
 
 
+def _inside_temporary(path: Path) -> bool:
+    """True when ``path`` or a folder above it is a temporary of this module or a run's work folder
+    (hidden names: ``.NAME.tmp-...``, ``.OUT.overwrite``, ``.OUT.run``)."""
+    return any(p.startswith(".") and p not in (".", "..") and (".tmp-" in p or p.endswith((".overwrite", ".run")))
+               for p in path.parts)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; on success rename it to ``path``.
@@ -138,7 +145,9 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         raise
     _normal_permissions(tmp)
     replace_dir(tmp, path)
-    log.info("wrote %s", path)
+    # a folder written inside another one's temporary (a model saved into a run not yet in place) is
+    # announced when that one is: the log names only paths a user will find
+    log.log(logging.DEBUG if _inside_temporary(path) else logging.INFO, "wrote %s", path)
 
 
 @contextlib.contextmanager

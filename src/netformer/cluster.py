@@ -23,7 +23,6 @@ import contextlib
 import logging
 import os
 import threading
-import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -141,37 +140,27 @@ def run_tasks(fn: Callable, tasks: Sequence[tuple], client=None, *, shared: Any 
     Without a client the tasks run one after another in this process. With one, all are submitted at
     once (``shared`` is sent to the cluster once, as a task of its own that the scheduler can recompute if
     its worker dies) and their results are gathered as they finish, yielded in task order. Progress: a
-    tqdm bar over tasks and a log line per 5% of tasks done. A task whose worker dies is run again by
+    progress bar over tasks and a log line per 5% of tasks done (:mod:`netformer.progress`). A task whose worker dies is run again by
     Dask (up to ``distributed.scheduler.allowed-failures`` times, default 3); an error raised by a task
     (e.g. :class:`~netformer.errors.InputDataError` on bad counts) cancels the others and is raised here.
     Raises :class:`~netformer.errors.ClusterError` when a task keeps killing its workers.
     """
-    from tqdm.auto import tqdm
+    from .progress import Progress
 
-    n = len(tasks)
-    every = max(1, n // 20)
-    t0 = time.perf_counter()
-
-    def note(done: int) -> None:
-        if done % every == 0 or done == n:
-            log.info("%s: %d/%d tasks done (%.0f%%), %.1f s", desc, done, n, 100 * done / max(n, 1),
-                     time.perf_counter() - t0)
-
-    bar = tqdm(total=n, desc=desc, unit="task", disable=None)
+    bar = Progress(len(tasks), desc, unit="task", log_every=0.05, logger=log)
     try:
         if client is None:
-            for i, task in enumerate(tasks):
+            for task in tasks:
                 result = fn(shared, *task)
-                bar.update()
-                note(i + 1)  # before the result is handed on: the caller may stop after the last one
+                bar.update()  # before the result is handed on: the caller may stop after the last one
                 yield result
             return
-        yield from _run_on_dask(fn, tasks, client, shared, desc, bar, note)
+        yield from _run_on_dask(fn, tasks, client, shared, desc, bar)
     finally:
         bar.close()
 
 
-def _run_on_dask(fn, tasks, client, shared, desc, bar, note) -> Iterator:
+def _run_on_dask(fn, tasks, client, shared, desc, bar) -> Iterator:
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
@@ -188,7 +177,6 @@ def _run_on_dask(fn, tasks, client, shared, desc, bar, note) -> Iterator:
     log.info("%s: %d tasks submitted to %d Dask workers", desc, len(tasks), len(client.scheduler_info()["workers"]))
     results: dict[int, Any] = {}
     nxt = 0
-    done = 0
     try:
         for f in as_completed(futures):
             try:
@@ -198,9 +186,7 @@ def _run_on_dask(fn, tasks, client, shared, desc, bar, note) -> Iterator:
                     f"{desc}: the workers running one task died again and again ({exc}); give the workers more "
                     "memory or use fewer rows per task (--rows-per-task)") from None
             f.release()
-            done += 1
             bar.update()
-            note(done)
             while nxt in results:
                 yield results.pop(nxt)
                 nxt += 1

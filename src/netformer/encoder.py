@@ -285,9 +285,8 @@ def iter_hidden(
     Each forward pass runs without gradients on the truncated encoder; between batches the model is
     whole and grad mode is the caller's.
     """
-    from tqdm.auto import tqdm
-
     from .precision import inference_model, resolve_precision
+    from .progress import progress
 
     base = base_model(model)
     dev = model_device(base, device)
@@ -297,7 +296,7 @@ def iter_hidden(
     pad = base.config.pad_token_id or 0
     n_kept_layers(base, layer)
     batches = length_sorted_batches([len(s) for s in seqs], batch_size)
-    for idx in tqdm(batches, desc=desc, unit="batch", disable=None, leave=False):
+    for idx in progress(batches, desc, unit="batch", logger=log):
         ids, mask = pad_batch([seqs[i] for i in idx], pad, max_len)
         ids, mask = ids.to(dev), mask.to(dev)
         # the contexts hold for the forward pass only: nothing leaks into the caller's loop body

@@ -30,6 +30,7 @@ pretraining defaults are AdamW with lr 1e-4 and weight decay 0.01 (:data:`PRESET
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -164,6 +165,21 @@ def new_model(config, seed: int = 0, attn_implementation: str = "sdpa") -> "Bert
 TOKENIZER_FILE = "netformer_tokenizer.json"
 
 
+@contextlib.contextmanager
+def quiet_library_bars():
+    """transformers' own progress bars ("Writing model shards") off for the duration, then restored: netformer
+    shows one bar at a time (:mod:`netformer.progress`)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def save_model(model, path: str | Path, vocab: GeneVocab | None = None, overwrite: bool = False,
                tokenizer: dict | None = None) -> Path:
     """Save a model as a plain Hugging Face directory (``config.json`` + ``model.safetensors``), atomically.
@@ -180,7 +196,7 @@ def save_model(model, path: str | Path, vocab: GeneVocab | None = None, overwrit
     """
     if vocab is not None:
         vocab.check_model(model.config.vocab_size, model.config.pad_token_id)
-    with atomic_dir(path, overwrite=overwrite) as tmp:
+    with atomic_dir(path, overwrite=overwrite) as tmp, quiet_library_bars():
         model.save_pretrained(tmp, safe_serialization=True)
         if is_peft(model):  # adapter files only: the classifier's config beside them (lora.load_adapter)
             model.get_base_model().config.save_pretrained(tmp)

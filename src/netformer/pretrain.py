@@ -34,7 +34,7 @@ from .encoder import check_dataset, default_device, pad_batch
 from .precision import resolve_precision
 from .errors import ConfigError
 from .genes import GeneVocab, resolve_vocab
-from .model import PRESET_TRAINING, fix_positions, model_config, new_model, save_model
+from .model import PRESET_TRAINING, fix_positions, model_config, new_model, quiet_library_bars, save_model
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,44 @@ def _epoch_sampler_class():
     return EpochLengthSampler
 
 
+def _progress_callback():
+    from transformers import TrainerCallback
+
+    from .progress import Progress
+
+    class ProgressLog(TrainerCallback):
+        """Pretraining progress through :mod:`netformer.progress` (one bar; lines in any log) and the
+        Trainer's logs as numbers: ``step 40/507: loss 9.3280, learning rate 3.90e-04, grad norm 0.566``."""
+
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                self.bar = Progress(state.max_steps, "pretraining", unit="step", logger=log, initial=state.global_step)
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.done)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero or not logs:
+                return
+            names = {"loss": ("loss", "%.4f"), "learning_rate": ("learning rate", "%.2e"),
+                     "grad_norm": ("grad norm", "%.3f"), "epoch": ("epoch", "%.2f"),
+                     "train_loss": ("mean training loss", "%.4f"), "train_runtime": ("seconds", "%.1f")}
+            parts = [f"{label} {fmt % float(logs[k])}" for k, (label, fmt) in names.items()
+                     if isinstance(logs.get(k), (int, float))]
+            if parts:
+                log.info("step %d/%d: %s", state.global_step, state.max_steps, ", ".join(parts))
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return ProgressLog
+
+
 def _trainer(model, args, dataset, collator, callbacks=()):
     """A Hugging Face Trainer whose training order depends on (seed, epoch) only (see :class:`GeneMaskingCollator`)."""
     from transformers import Trainer
@@ -215,8 +253,12 @@ def _trainer(model, args, dataset, collator, callbacks=()):
             return sampler_cls(self.args.train_batch_size * self.args.gradient_accumulation_steps
                                * self.args.world_size, lengths, self.args.seed, collator)
 
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
     trainer = _GeneTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                           callbacks=list(callbacks) or None)
+                           callbacks=[_progress_callback()(), *callbacks])
+    for cb in (PrinterCallback, ProgressCallback):  # our one progress display and numeric log lines instead
+        trainer.remove_callback(cb)
     # transformers 5 multiplies the loss of a model whose forward takes **kwargs by the number of processes,
     # expecting the model to divide by the masked genes of all of them; BertForMaskedLM averages over its own
     # batch instead, so on 2 processes its loss and gradient came out doubled. Without the flag each rank's
@@ -294,6 +336,7 @@ def _training_args(cfg: PretrainConfig, out: Path, n_cells: int):
         save_total_limit=2,
         logging_steps=cfg.logging_steps,
         report_to="none",
+        disable_tqdm=True,  # netformer.progress shows one bar and logs the steps (ProgressLog)
         seed=cfg.seed,
         data_seed=cfg.seed,
         remove_unused_columns=False,
@@ -387,12 +430,13 @@ def _train(dataset, vocab: GeneVocab, cfg: PretrainConfig, mcfg, max_len: int, o
     if resume:
         log.info("resuming from %s", resume)
     t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - t0
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    if trainer.is_world_process_zero():  # under torchrun / accelerate only the main process writes
-        save_model(_as_plain_mlm(trainer.model.cpu()), out / "model", vocab=vocab, overwrite=True,
-                   tokenizer=_tokenizer_settings(dataset))
+    with quiet_library_bars():  # no "Writing model shards" bar inside the training bar at every checkpoint
+        trainer.train(resume_from_checkpoint=resume)
+        seconds = time.perf_counter() - t0
+        history = [h for h in trainer.state.log_history if "loss" in h]
+        if trainer.is_world_process_zero():  # under torchrun / accelerate only the main process writes
+            save_model(_as_plain_mlm(trainer.model.cpu()), out / "model", vocab=vocab, overwrite=True,
+                       tokenizer=_tokenizer_settings(dataset))
         with atomic_file(out / "loss_history.json") as tmp:
             tmp.write_text(json.dumps({"config": asdict(cfg), "history": history}, indent=1, default=str))
         if out != final:
@@ -484,16 +528,20 @@ def initial_mlm_loss(vocab_size: int) -> float:
 
 
 def plot_loss(history: list[dict], path: str | Path | None = None, title: str = "masked gene prediction loss",
-              ax=None):
+              ax=None, uniform_loss: float | None = None):
     """Training loss against optimisation step (``history``: ``PretrainResult.loss_history``, dicts with
-    ``step`` and ``loss``). Draws on ``ax`` or a new figure; with ``path`` also writes a PNG. Returns the
-    Matplotlib figure (made without pyplot; the backend is never switched)."""
+    ``step`` and ``loss``). Draws on ``ax`` or a new figure; with ``path`` also writes a PNG. With
+    ``uniform_loss`` (nats; :func:`initial_mlm_loss`, ``ln(vocabulary size)``) a dashed line marks the loss of a
+    uniform guess. Returns the Matplotlib figure (made without pyplot; the backend is never switched)."""
     from ._io import new_figure, save_figure
 
     steps = np.array([h["step"] for h in history])
     loss = np.array([h["loss"] for h in history])
     fig, ax = new_figure(figsize=(6, 4)) if ax is None else (ax.figure, ax)
-    ax.plot(steps, loss, marker="o", ms=3)
+    ax.plot(steps, loss, marker="o", ms=3, label="training loss")
+    if uniform_loss is not None:
+        ax.axhline(uniform_loss, color="grey", ls="--", lw=1, label=f"uniform guess ({uniform_loss:.2f})")
+        ax.legend(frameon=False)
     ax.set_xlabel("optimisation step")
     ax.set_ylabel("masked-token cross-entropy (nats)")
     ax.set_title(title)

@@ -50,11 +50,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sp
-from tqdm.auto import tqdm
 
 from ._io import atomic_dir
 from .errors import ConfigError, CorruptFileError, GeneIdError, InputDataError
 from .genes import DATASET_INFO_KEY, GeneVocab, looks_like_ensembl, remember_vocab
+from .progress import progress
 from .readers import CountSource, open_counts
 
 log = logging.getLogger(__name__)
@@ -795,10 +795,8 @@ class TranscriptomeTokenizer:
         reader = _read_ahead(src.chunks(cfg.chunk_size, plan.mask, start, stop))
         given, bad = plan.given, plan.bad
         try:
-            for rows, block in tqdm(
-                reader, total=-(-(stop - start) // cfg.chunk_size),
-                desc=f"tokenizing {src.name}", unit="chunk", leave=False, disable=None,
-            ):
+            for rows, block in progress(reader, f"tokenizing {src.name}", total=-(-(stop - start) // cfg.chunk_size),
+                                        unit="chunk"):
                 if cfg.check_counts:
                     self._check_counts(block, src.name, int(rows[0]))
                 ids, offsets, total, mapped, n_genes = encode(block, given[rows], bad[rows])

@@ -27,7 +27,6 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .._io import atomic_dir
 from ..distributed import all_reduce_sum, barrier, split_evenly, sync_gradients, world
@@ -35,6 +34,7 @@ from ..distributed import init as init_world
 from ..encoder import check_dataset, default_device, length_sorted_batches, pad_batch
 from ..lora import add_lora
 from ..precision import autocast, resolve_precision
+from ..progress import Progress
 from ..errors import ConfigError, DictionaryError, InputDataError
 from ..genes import GeneVocab, model_vocab, resolve_vocab
 from .._state import preserved_rng
@@ -183,14 +183,16 @@ class _Finetuner:
         accum = cfg.gradient_accumulation_steps
         best, best_state = -np.inf, None
         self.history_ = []
+        bar = Progress(cfg.epochs * len(split_evenly(np.arange(len(batches)))), f"{self.kind} fine-tuning",
+                       unit="batch", logger=log)
         for epoch in range(cfg.epochs):
             self.model.train()
             t0 = time.perf_counter()
             sums = torch.zeros(2, dtype=torch.float64)  # loss x cells, cells (all ranks, for the log)
             order = split_evenly(rng.permutation(len(batches)))  # the same permutation on every rank
             opt.zero_grad(set_to_none=True)
-            for i, b in enumerate(tqdm(order, desc=f"{self.kind} fine-tuning epoch {epoch + 1}/{cfg.epochs}",
-                                       leave=False, disable=None)):
+            for i, b in enumerate(order):
+                bar.update()
                 idx = batches[b]
                 ids, mask = pad_batch([seqs[i] for i in idx], self._pad_id(), max_len)
                 target = batch_targets(idx, ids)
@@ -214,8 +216,11 @@ class _Finetuner:
                 if cfg.select_best and rec["val_macro_f1"] > best:
                     best = rec["val_macro_f1"]
                     best_state = copy.deepcopy(self.model.state_dict())
-            log.info("%s epoch %d: %s", self.kind, epoch + 1, {k: round(v, 4) for k, v in rec.items()})
+            log.info("%s epoch %d/%d: train loss %.4f, %.1f s, %d cells%s", self.kind, epoch + 1, cfg.epochs,
+                     rec["train_loss"], rec["seconds"], rec["n_train"],
+                     f", validation macro-F1 {rec['val_macro_f1']:.4f}" if "val_macro_f1" in rec else "")
             self.history_.append(rec)
+        bar.close()
         if best_state is not None:
             self.model.load_state_dict(best_state)
         self.model.eval()

@@ -39,7 +39,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .._io import atomic_file, check_output, replace_dir
 from ..distributed import barrier, my_chunks, world
@@ -49,6 +48,7 @@ from ..errors import ConfigError, GeneIdError, InputDataError
 from ..genes import GeneVocab, resolve_vocab
 from ..model import load_model
 from ..precision import PRECISIONS, inference_model, resolve_precision
+from ..progress import progress
 from ..runs import done_pieces, mark_done, open_shared_run, parameters_digest, tokens_digest, write_json
 from .engine import ExactEvaluator, cosine
 from .ops import PERTURBATIONS, CellLayout, perturb_cell
@@ -398,8 +398,8 @@ def perturb(
     if w.distributed:
         log.info("rank %d of %d: %d of the %d chunks left", w.rank, w.size, len(mine), len(todo))
     with ExactEvaluator(base, vocab.special_ids, cfg.layer, cfg.pooling, cfg.batch_size, device) as ev:
-        for ci in tqdm(mine, desc="perturbing" if not w.distributed else f"perturbing (rank {w.rank})",
-                       unit="chunk", disable=None):
+        for ci in progress(mine, "perturbing" if not w.distributed else f"perturbing (rank {w.rank})",
+                           unit="chunk", logger=log):
             if cfg.max_chunks is not None and new_chunks >= cfg.max_chunks:
                 break
             chunk_df, chunk_g, skipped = _perturb_chunk(ev, dataset, chunks[ci], genes_tok, anchor_tok, cfg, vocab,

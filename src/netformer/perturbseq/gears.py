@@ -700,9 +700,9 @@ class GEARSModel(PerturbationModel):
         best_score, best_epoch, best_state = None, cfg.epochs, None
         bar = None
         if cfg.progress:
-            from tqdm.auto import tqdm
+            from ..progress import Progress
 
-            bar = tqdm(total=cfg.epochs, desc="GEARS epochs")
+            bar = Progress(cfg.epochs, "GEARS training", unit="epoch", logger=log)
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
             self.history_.append(trainer.epoch())
@@ -720,7 +720,6 @@ class GEARSModel(PerturbationModel):
             log.info("GEARS epoch %d/%d loss %.5f%s (%.1fs)", epoch + 1, cfg.epochs, self.history_[-1], note, self.epoch_seconds_[-1])
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{self.history_[-1]:.4g}")
         if bar is not None:
             bar.close()
         if best_state is not None:
