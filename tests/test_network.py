@@ -75,6 +75,14 @@ def test_attention_is_the_models_own_and_rows_sum_to_one(tiny_pretrained):
     assert edges.groupby("source").size().max() == 5
     assert (edges.groupby("source")["score"].sum() <= 1 + 1e-9).all()  # cut after the normalisation
 
+    # centrality as a gene task: the labels are the {ensembl_id: label} mapping the gene classifier takes
+    from netformer.classify.data import resolve_gene_labels
+
+    labels = centrality_labels(centrality(edges), quantile=0.25)
+    assert resolve_gene_labels(labels, t.vocab, on_missing="raise") == labels
+    assert sorted(pd.Series(labels).value_counts().tolist()) == [int(np.ceil(0.25 * len(set(edges["source"]) |
+                                                                                       set(edges["target"]))))] * 2
+
 
 def test_perturbation_network_equals_what_perturb_wrote(tiny_pretrained, tmp_path, capsys):
     """The network equals an independent aggregation of the gene_effects.parquet that the deletion

@@ -20,7 +20,7 @@ draws such labels from any network.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -90,10 +90,13 @@ def centrality(edges: pd.DataFrame, species: str = "human") -> pd.DataFrame:
 
 
 def plot_top_subnetwork(edges: pd.DataFrame, table: pd.DataFrame, path: str | Path, top_n: int = 30,
-                        title: str = "gene network: top genes by PageRank", seed: int = 0) -> Path:
+                        title: str = "gene network: top genes by PageRank", seed: int = 0,
+                        highlight: Iterable[str] | None = None, highlight_label: str = "gene set") -> Path:
     """PNG of the subnetwork induced by the ``top_n`` genes of highest PageRank in ``table``
     (:func:`centrality`): symbols as labels, node area by PageRank, edge width by score; spring layout
-    (networkx, ``seed``). 1,650 x 1,650 pixels. Returns the path (written atomically)."""
+    (networkx, ``seed``). Genes of ``highlight`` (symbols or ids, case-insensitive) are drawn in orange
+    and named ``highlight_label`` in the legend. 1,650 x 1,650 pixels. Returns the path (written
+    atomically)."""
     import networkx as nx
 
     from .._io import new_figure, save_figure
@@ -112,8 +115,17 @@ def plot_top_subnetwork(edges: pd.DataFrame, table: pd.DataFrame, path: str | Pa
     widths = 0.5 + 3.5 * w / w.max() if len(w) else []
     nx.draw_networkx_edges(g, pos, ax=ax, width=widths, alpha=0.35, edge_color="#555555", arrows=True,
                            arrowsize=10, node_size=sizes, connectionstyle="arc3,rad=0.08")
-    nx.draw_networkx_nodes(g, pos, ax=ax, node_size=sizes, node_color="#8fb8de", edgecolors="#2b5b84")
-    nx.draw_networkx_labels(g, pos, ax=ax, labels=dict(zip(top["gene"], top["symbol"])), font_size=11)
+    marked = {str(x).upper() for x in (highlight or ())}
+    names = dict(zip(top["gene"], top["symbol"]))
+    hit = [n.upper() in marked or str(names[n]).upper() in marked for n in g.nodes]
+    colours = ["#f4a259" if h else "#8fb8de" for h in hit]
+    nx.draw_networkx_nodes(g, pos, ax=ax, node_size=sizes, node_color=colours, edgecolors="#2b5b84")
+    if any(hit):
+        from matplotlib.lines import Line2D
+
+        ax.legend(handles=[Line2D([], [], marker="o", ls="", color="#f4a259", markersize=12,
+                                  label=f"{highlight_label} ({sum(hit)} of {len(hit)})")], loc="lower left", fontsize=11)
+    nx.draw_networkx_labels(g, pos, ax=ax, labels=names, font_size=11)
     ax.set_title(f"{title} ({len(g)} genes, {g.number_of_edges()} edges)", fontsize=13)
     ax.set_axis_off()
     return save_figure(fig, path, dpi=150)
