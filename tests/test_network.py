@@ -181,3 +181,24 @@ def test_a_layer_or_head_that_does_not_exist(tiny_pretrained, tmp_path, capsys, 
         assert not out.exists()
     assert NetworkConfig.from_json(NetworkConfig(layers=[0, -1], cell_filter={"c": "x"}).to_json()) == \
         NetworkConfig(layers=[0, -1], cell_filter={"c": ["x"]})
+
+
+def test_coexpression_is_abs_pearson_of_log_normalised_counts(scrna):
+    import anndata as ad
+
+    from netformer.network import coexpression_network
+
+    adata = ad.read_h5ad(scrna / "kang2018_ifnb_ctrl_stim_2000cells_raw.h5ad")[:200].copy()
+    # ISG15, IFITM1, S100A9, FTL and an id absent from the counts
+    genes = ["ENSG00000187608", "ENSG00000185885", "ENSG00000163220", "ENSG00000087086", "ENSG00000000000"]
+    net = coexpression_network(adata, genes=genes)
+    assert net.info["genes_absent"] == 1 and net.info["n_genes"] == 4
+    cols = [list(adata.var["ensembl_id"]).index(g) for g in genes[:4]]
+    X = np.asarray(adata.X[:, cols].todense(), dtype=np.float64)
+    X = np.log1p(X / np.asarray(adata.X.sum(1)) * 1e4)
+    r = np.abs(np.corrcoef(X.T))
+    both = (X[:, :, None] > 0) & (X[:, None, :] > 0)
+    for row in net.pairs.itertuples():
+        i, j = genes.index(row.source), genes.index(row.target)
+        assert row.score == pytest.approx(r[i, j]) and row.n_cells == both[:, i, j].sum()
+    assert len(net.pairs) == sum(both[:, i, j].any() for i in range(4) for j in range(4) if i != j)
