@@ -14,7 +14,7 @@ For pbmc3k (all cells) and Kang 2018 (interferon-beta stimulated and control cel
   induced subgraph, mean PageRank percentile, permutation p-values (1,000 random sets of the same size),
   for the model network and the co-expression network (top-20 |r| per gene) of the same cells.
 
-Run: ``python benchmarks/gene_network.py [--model DIR]`` (1 thread; about 10 minutes on a shared CPU).
+Run: ``python benchmarks/gene_network.py --figures [--model DIR]`` (1 thread; about 15 minutes on a shared CPU).
 Writes benchmarks/results/gene_network.md and gene_network.json.
 """
 
@@ -32,7 +32,6 @@ import torch
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 DEFAULT_MODEL = RESULTS / "tmp" / "pretrained_small" / "model"
-DEMO_MODEL = Path("/tmp/fresh15/main/netformer_demo/pretrain/model")
 
 
 def run_group(model, vocab, data, name: str, cell_filter, args) -> list[dict]:
@@ -139,8 +138,9 @@ def markdown(rows: list[dict], args, model: Path, command: str, total: float) ->
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, default=None, help="model directory (default: the lead's pretrained small "
-                                                             "encoder if finished, else the demo encoder)")
+    p.add_argument("--model", type=Path, default=None, help="model directory (default: the small encoder of "
+                                                             f"benchmarks/finetune_pbmc.py, {DEFAULT_MODEL}; the "
+                                                             "demo's: netformer_demo/pretrain/model)")
     p.add_argument("--attention-cells", type=int, default=300)
     p.add_argument("--attention-min-cells", type=int, default=10)
     p.add_argument("--attention-layers", nargs="+", default=["-1", "all"],
@@ -160,7 +160,10 @@ def main() -> None:
     from netformer.genes import model_vocab
     from netformer.model import load_model
 
-    model_dir = args.model or (DEFAULT_MODEL if (DEFAULT_MODEL / "token_dictionary.json").exists() else DEMO_MODEL)
+    model_dir = args.model or DEFAULT_MODEL
+    if not (model_dir / "token_dictionary.json").exists():
+        p.error(f"{model_dir} holds no netformer model; pass --model DIR (e.g. netformer_demo/pretrain/model of "
+                "`netformer demo`)")
     vocab = model_vocab(model_dir)
     model = load_model(model_dir, kind="base", device="cpu")
     scrna = shared_data_dir() / "scrna"
