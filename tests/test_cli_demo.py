@@ -55,25 +55,47 @@ def test_main_prints_clear_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path):
-    import netformer
+def test_demo_end_to_end(tmp_path, caplog):
+    import logging
 
-    res = netformer.demo(tmp_path / "demo", preset="tiny", max_length=64, epochs=0.5, batch_size=32, warmup_steps=2,
-                         max_cells=700)
+    import netformer
+    from netformer.errors import ConfigError
+
+    small = dict(preset="tiny", max_length=64, epochs=0.5, batch_size=32, warmup_steps=2, max_cells=700,
+                 finetune_epochs=1, finetune_cells=300, treat_cells=4, network_cells=60, panel_seeds=2, budget=10)
+    res = netformer.demo(tmp_path / "demo", **small)
     out = res.output_dir
-    for name in ["report.html", "metrics.json", "umap_cell_type.png", "umap_pca_baseline.png", "training_loss.png",
-                 "cells.h5ad", "cell_embeddings.parquet"]:
+    assert [r.status for r in res.steps.values()] == ["done"] * 4
+    for name in ["report.html", "metrics.json", "demo.json", "cells/umap_cell_type.png", "cells/umap_pca_baseline.png",
+                 "cells/training_loss.png", "cells/cells.h5ad", "cells/cell_embeddings.parquet", "states/genes.csv",
+                 "states/top20_significant.csv", "genes/gene_embeddings.parquet", "genes/network/network.png",
+                 "experiments/coverage.png", "experiments/norman_panel_summary.csv"]:
         assert (out / name).stat().st_size > 0, name
-    for png in out.glob("*.png"):
+    for png in out.rglob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     m = json.loads((out / "metrics.json").read_text())
-    assert m["n_cells"] == 700 and m["mean_tokens_per_cell"] == 64
-    assert 0 < m["knn_accuracy_netformer"] <= 1 and m["knn_accuracy_pca_baseline"] > 0.8
-    assert len(m["cell_type_counts"]) >= 6
+    assert m["cells"]["n_cells"] == 700 and m["cells"]["mean_tokens_per_cell"] == 64
+    assert 0 < m["cells"]["knn_accuracy_netformer"] <= 1 and m["cells"]["knn_accuracy_pca_baseline"] > 0.8
+    assert len(m["cells"]["cell_type_counts"]) >= 6
+    assert m["states"]["n_train"] + m["states"]["n_test"] == 300 and m["states"]["treated_cells"] == 4
+    assert 0.5 <= m["states"]["baseline_auc"] <= 1 and m["genes"]["network_genes"] > 10
+    assert 0 < m["experiments"]["coverage_random"] <= m["experiments"]["coverage_graphreach"] < 1
     html = (out / "report.html").read_text()
-    assert "k-NN" in html or "NN cell type accuracy" in html
-    assert html.count("data:image/png;base64") == 3
-    cells = ad.read_h5ad(out / "cells.h5ad")
+    for words in ("NN accuracy", "Top 20 significant genes", "Gene network against GO", "Norman 2019 panel",
+                  "Provenance", "transformers", "Now try your own data", "netformer finetune gene"):
+        assert words in html, words
+    assert html.count("data:image/png;base64") >= 7 and "None" not in html
+    cells = ad.read_h5ad(out / "cells" / "cells.h5ad")
     assert cells.obsm["X_netformer"].shape == (700, 64) and np.isfinite(cells.obsm["X_netformer"]).all()
-    with pytest.raises(OutputExistsError):
-        netformer.demo(out)
+    # a re-run reuses every finished step; another setting of one step reruns only that step
+    with caplog.at_level(logging.INFO, logger="netformer.demo"):
+        again = netformer.demo(out, **{**small, "budget": 12})
+    assert [r.status for r in again.steps.values()] == ["reused", "reused", "reused", "done"]
+    assert again.steps["cells"].metrics == res.steps["cells"].metrics
+    # a folder of the older layout: one clear message, nothing touched
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "report.html").write_text("<html></html>")
+    with pytest.raises(ConfigError, match="older netformer version"):
+        netformer.demo(old)
+    assert sorted(p.name for p in old.iterdir()) == ["report.html"]

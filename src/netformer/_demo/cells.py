@@ -1,7 +1,6 @@
-"""The end-to-end demo: bundled PBMC counts -> tokens -> pretrained model -> embeddings -> report.
+"""Demo step ``cells``: bundled PBMC counts -> tokens -> pretrained model -> embeddings.
 
-``netformer demo`` (or :func:`netformer.demo`) runs the whole foundation-model pipeline on the 10x
-pbmc3k raw counts bundled with the package and writes into one output folder:
+Writes into ``cells/``:
 
 ========================  ===================================================================
 ``vocab/``                our token dictionary and gene medians, built from the bundled cells
@@ -12,9 +11,7 @@ pbmc3k raw counts bundled with the package and writes into one output folder:
 ``cell_embeddings.parquet``  cell embeddings with cell id and cell type
 ``umap_cell_type.png``    UMAP of the cell embeddings coloured by cell type
 ``umap_pca_baseline.png`` the same for the PCA baseline
-``training_loss.png``     masked gene prediction loss against step
-``metrics.json``          the key figures
-``report.html``           all of the above on one page
+``training_loss.png``     masked gene prediction loss against step, with the uniform-guess loss
 ========================  ===================================================================
 
 Cell types come from the project's marker-gene annotation (:mod:`netformer.annotate`), and the
@@ -27,132 +24,48 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ._io import atomic_file
-from .errors import OutputExistsError
+from .._io import atomic_file
 
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class DemoConfig:
-    """Settings of the demo (defaults finish in about 5 minutes on an idle 2-core CPU).
-
-    Attributes
-    ----------
-    preset
-        Model preset (``small``: 4 layers, hidden 128).
-    max_length
-        Input size: each cell's top ``max_length - 2`` genes between ``<cls>`` and ``<eos>``.
-    epochs, batch_size, learning_rate, warmup_steps
-        Pretraining schedule (linear decay after warm-up).
-    knn_k
-        Neighbours of the k-nearest-neighbour accuracy.
-    max_cells
-        Use a random subset of this many cells (seeded) after annotation; None = all 2,700.
-    """
-
-    preset: str = "small"
-    max_length: int = 256
-    epochs: float = 3.0
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    warmup_steps: int = 50
-    knn_k: int = 10
-    max_cells: int | None = None
-    seed: int = 0
-    device: str | None = None
+log = logging.getLogger("netformer.demo")
 
 
-@dataclass
-class DemoResult:
-    """Paths and figures of a demo run."""
+def run(ctx) -> tuple[dict, list]:
+    """Run the step in ``ctx.dir``; returns ``(metrics, files)``."""
+    from .. import annotate
+    from ..datasets import pbmc3k
+    from ..embed import EmbeddingConfig, embed_cells, knn_accuracy, pca_baseline, umap_plot
+    from ..genes import GeneVocab
+    from ..model import load_model
+    from ..pretrain import PretrainConfig, initial_mlm_loss, plot_loss, pretrain
+    from ..tokenize import TranscriptomeTokenizer, build_vocab, load_tokenized
 
-    output_dir: Path
-    metrics: dict
-
-    @property
-    def report(self) -> Path:
-        return self.output_dir / "report.html"
-
-
-def _step(msg: str, i: int, n: int = 7) -> None:
-    log.info("[%d/%d] %s", i, n, msg)
-
-
-def run_demo(output_dir: str | Path = "netformer_demo", config: DemoConfig | None = None,
-             overwrite: bool = False, **overrides) -> DemoResult:
-    """Run the demo and return its figures (see the module docstring for what is written).
-
-    Parameters
-    ----------
-    output_dir
-        Output folder. A folder holding a finished demo (``report.html``) raises
-        :class:`~netformer.errors.OutputExistsError` unless ``overwrite``; a folder left by an
-        interrupted run is resumed (pretraining continues from its last checkpoint).
-    config
-        :class:`DemoConfig`; keyword overrides (e.g. ``epochs=1``) apply on top.
-    """
-    from . import annotate
-    from .datasets import pbmc3k
-    from .embed import EmbeddingConfig, embed_cells, knn_accuracy, pca_baseline, umap_plot
-    from .genes import GeneVocab
-    from .model import load_model
-    from .pretrain import PretrainConfig, plot_loss, pretrain
-    from .report import write_report
-    from .tokenize import TranscriptomeTokenizer, build_vocab, load_tokenized
-
-    cfg = DemoConfig(**{**(asdict(config) if config else {}), **overrides})
-    out = Path(output_dir)
-    if (out / "report.html").exists():
-        if not overwrite:
-            raise OutputExistsError(f"{out} already holds a finished demo; pass overwrite=True (CLI: --overwrite) "
-                                    "or choose another output folder")
-        import shutil
-
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def timed(name, t0):
-        timings[name] = round(time.perf_counter() - t0, 1)
-
-    _step("loading the bundled 10x pbmc3k raw counts and annotating cell types by marker genes", 1)
-    t0 = time.perf_counter()
+    cfg, out = ctx.config, ctx.dir
+    log.info("cells: the bundled 10x pbmc3k raw counts, cell types by marker genes")
     adata = pbmc3k()
     annotate.annotate_pbmc(adata, random_state=cfg.seed)
     if cfg.max_cells is not None and cfg.max_cells < adata.n_obs:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(adata.n_obs, cfg.max_cells, replace=False))
         adata = adata[keep].copy()
-    timed("annotate", t0)
 
-    _step("building the token dictionary and gene medians from the bundled cells", 2)
-    t0 = time.perf_counter()
+    log.info("cells: token dictionary and gene medians from the bundled cells")
     if (out / "vocab").exists():
         vocab = GeneVocab.load(out / "vocab")
     else:
         vocab = build_vocab([adata], name="pbmc3k-demo")
         vocab.save(out / "vocab")
-    timed("vocab", t0)
 
-    _step("rank value encoding of the cells", 3)
-    t0 = time.perf_counter()
+    log.info("cells: rank value encoding")
     tokenizer = TranscriptomeTokenizer(vocab, model_input_size=cfg.max_length, obs_columns=["cell_type"])
     if not (out / "tokenized").exists():
         tokenizer.write([adata], out / "tokenized")
     summary = json.loads((out / "tokenized" / "netformer_tokenizer.json").read_text())["summary"]
     dataset = load_tokenized(out / "tokenized")
-    timed("tokenize", t0)
 
-    _step(f"pretraining the '{cfg.preset}' model by masked gene prediction ({cfg.epochs:g} epochs)", 4)
-    t0 = time.perf_counter()
+    log.info("cells: pretraining the '%s' model by masked gene prediction (%g epochs)", cfg.preset, cfg.epochs)
     pcfg = PretrainConfig(preset=cfg.preset, max_length=cfg.max_length, epochs=cfg.epochs,
                           batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                           warmup_steps=cfg.warmup_steps, save_steps=100, logging_steps=10,
@@ -161,17 +74,15 @@ def run_demo(output_dir: str | Path = "netformer_demo", config: DemoConfig | Non
         history = json.loads((out / "pretrain" / "loss_history.json").read_text())["history"]
     else:
         history = pretrain(dataset.select_columns(["input_ids", "length"]), vocab, out / "pretrain", pcfg).loss_history
-    plot_loss(history, out / "training_loss.png")
-    timed("pretrain", t0)
+    uniform = float(initial_mlm_loss(vocab.vocab_size))
+    plot_loss(history, out / "training_loss.png", uniform_loss=uniform,
+              title=f"masked gene prediction loss ({cfg.preset} model, pbmc3k)")
 
-    _step("cell embeddings (mean over gene tokens, second to last layer)", 5)
-    t0 = time.perf_counter()
+    log.info("cells: cell embeddings (mean over gene tokens, second to last layer)")
     model = load_model(out / "pretrain" / "model", device=cfg.device)
     emb = embed_cells(model, dataset, EmbeddingConfig(layer=-2, batch_size=64, device=cfg.device), vocab=vocab)
-    timed("embed", t0)
 
-    _step("embedding quality: k-NN accuracy against the PCA baseline, UMAP plots", 6)
-    t0 = time.perf_counter()
+    log.info("cells: k-NN accuracy against the PCA baseline, UMAP plots")
     cells = adata[np.asarray(dataset["cell_id"])].copy() if len(dataset) != adata.n_obs else adata
     n_pcs = min(50, cells.n_obs - 1)
     pca = pca_baseline(cells, n_comps=n_pcs, seed=cfg.seed)
@@ -190,9 +101,6 @@ def run_demo(output_dir: str | Path = "netformer_demo", config: DemoConfig | Non
     frame.insert(0, "cell_id", cells.obs_names.astype(str))
     with atomic_file(out / "cell_embeddings.parquet") as tmp:
         frame.to_parquet(tmp, index=False)
-    timed("evaluate", t0)
-
-    _step("writing report.html", 7)
     metrics = {
         "n_cells": int(summary["n_cells_out"]),
         "n_genes_in_file": int(adata.n_vars),
@@ -207,19 +115,15 @@ def run_demo(output_dir: str | Path = "netformer_demo", config: DemoConfig | Non
         "steps": int(history[-1]["step"]) if history else 0,
         "loss_first": round(float(history[0]["loss"]), 3) if history else None,
         "loss_last": round(float(history[-1]["loss"]), 3) if history else None,
-        "uniform_loss": round(float(np.log(vocab.vocab_size)), 3),
+        "uniform_loss": round(uniform, 3),
         "knn_k": cfg.knn_k,
         "knn_accuracy_netformer": round(acc_model, 4),
         "knn_accuracy_pca_baseline": round(acc_pca, 4),
         "majority_class_rate": round(majority, 4),
         "cell_type_counts": pd.Series(y).value_counts().to_dict(),
-        "seconds": timings,
-        "total_seconds": round(time.perf_counter() - t_start, 1),
         "device": str(model.device),
     }
-    with atomic_file(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2))
-    write_report(out, metrics, config=asdict(cfg))
-    log.info("demo finished in %.0f s: k-NN accuracy %.3f (PCA baseline %.3f, majority %.3f); open %s",
-             metrics["total_seconds"], acc_model, acc_pca, majority, out / "report.html")
-    return DemoResult(out, metrics)
+    log.info("cells: k-NN accuracy %.3f (PCA baseline %.3f, majority %.3f)", acc_model, acc_pca, majority)
+    files = [out / f for f in ("umap_cell_type.png", "umap_pca_baseline.png", "training_loss.png", "cells.h5ad",
+                               "cell_embeddings.parquet", "pretrain/model", "tokenized", "vocab")]
+    return metrics, files
