@@ -99,3 +99,14 @@ def test_demo_end_to_end(tmp_path, caplog):
     with pytest.raises(ConfigError, match="older netformer version"):
         netformer.demo(old)
     assert sorted(p.name for p in old.iterdir()) == ["report.html"]
+
+
+def test_demo_step_without_its_optional_data_is_skipped_with_one_line(tmp_path):
+    from netformer._demo import StepSkipped, run_demo, shared_file
+    from netformer.errors import ConfigError
+
+    with pytest.raises(StepSkipped, match="put the project's shared data folder beside the clone"):
+        shared_file("scrna", "not_there.h5ad")
+    with pytest.raises(ConfigError, match="unknown demo steps"):
+        run_demo(tmp_path / "d", steps=["cells", "tissues"])
+    assert not (tmp_path / "d").exists()
