@@ -71,7 +71,8 @@ def markdown_tables(summ: pd.DataFrame) -> str:
             h = h.set_index("budget")
             lines.append(f"| {meth} | {kind} | " + " | ".join(_cell(h.loc[b]) if b in h.index else ""
                                                               for b in budgets) + " |")
-    noisy = summ[(summ.kind == "one-shot") & ~summ.method.isin(["random", "oracle"])]
+    synth = summ[summ.setting.str.startswith("SEMI-SYNTHETIC")]
+    noisy = synth[(synth.kind == "one-shot") & ~synth.method.isin(["random", "oracle"])]
     if noisy["graph_noise"].nunique() > 1:
         lines.append("\n#### Graph noise: mse_top20_de difference to random (paired mean, q), selection graph "
                      "rewired (degree-preserving); truth and models keep the true graph\n")
@@ -79,16 +80,19 @@ def markdown_tables(summ: pd.DataFrame) -> str:
         lines.append("| model | method | rewired | " + " | ".join(f"B={b}" for b in budgets) + " |")
         lines.append("|---|---|---|" + "---|" * len(budgets))
         for (model, meth, x), h in noisy.groupby(["model", "method", "graph_noise"], sort=True):
-            if summ[(summ.model == model)]["graph_noise"].nunique() < 2:
+            if synth[(synth.model == model)]["graph_noise"].nunique() < 2:
                 continue
             h = h.set_index("budget")
             cells = []
             for b in budgets:
+                if b not in h.index:
+                    cells.append("")
+                    continue
                 r = h.loc[b]
                 mark = {"better": " **+**", "worse": " **-**"}.get(r["verdict_vs_random"], "")
                 cells.append(f"{r['mse_top20_de_diff_vs_random']:+.4f} q={r['mse_top20_de_q_vs_random']:.2g}{mark}")
             lines.append(f"| {model} | {meth} | {100 * x:.0f}% | " + " | ".join(cells) + " |")
-    vs = summ[(summ.kind == "one-shot") & (summ.graph_noise == 0)]
+    vs = synth[(synth.kind == "one-shot") & (synth.graph_noise == 0)]
     if "mse_top20_de_diff_vs_active_iterpert" in vs and vs["mse_top20_de_diff_vs_active_iterpert"].notna().any():
         lines.append("\n#### One-shot vs active learning: mse_top20_de difference to IterPert (paired mean, q; "
                      "**+** = one-shot better, **-** = worse at q < 0.05)\n")
@@ -101,6 +105,9 @@ def markdown_tables(summ: pd.DataFrame) -> str:
                 continue
             cells = []
             for b in budgets:
+                if b not in h.index:
+                    cells.append("")
+                    continue
                 r = h.loc[b]
                 mark = {"better": " **+**", "worse": " **-**"}.get(r["verdict_vs_active_iterpert"], "")
                 cells.append(f"{r['mse_top20_de_diff_vs_active_iterpert']:+.4f} "

@@ -5,6 +5,13 @@ Modules: :mod:`.data` (PerturbData, readers), :mod:`.splits`, :mod:`.models` (in
 :mod:`netformer.graphs`, shared with :mod:`netformer.select`. See docs/perturbseq.md.
 """
 
-from .data import CONTROL, PerturbData, canonical_condition, read_gears, read_perturbseq, read_scperturb
+from .data import (
+    CONTROL,
+    PerturbData,
+    canonical_condition,
+    read_gears,
+    read_perturbseq,
+    read_scperturb,
+)
 
 __all__ = ["CONTROL", "PerturbData", "canonical_condition", "read_gears", "read_perturbseq", "read_scperturb"]

@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import CorruptFileError, GeneIdError, InputDataError
 from .._state import preserved_torch_threads
+from ..errors import CorruptFileError, GeneIdError, InputDataError
 
 log = logging.getLogger(__name__)
 
