@@ -225,6 +225,71 @@ def embed_genes(model, dataset, config: EmbeddingConfig | None = None, vocab: Ge
     return df
 
 
+GENE_EMBEDDING_KINDS = ("static", "contextual")
+
+
+def static_gene_embeddings(model, vocab: GeneVocab | None = None) -> pd.DataFrame:
+    """Static gene embeddings: the model's input token embedding rows (``word_embeddings.weight``) for
+    every gene of its dictionary (special tokens excluded), in token id order.
+
+    They need no cells: what pretraining stored in the embedding table for each gene token (the input
+    of layer 0; with ``tie_word_embeddings`` also the masked-gene output projection).
+
+    Parameters
+    ----------
+    model
+        A ``BertModel`` or Bert head model (its encoder's embedding table is read).
+    vocab
+        The token dictionary; default: the model's (:func:`netformer.genes.resolve_vocab`).
+
+    Returns
+    -------
+    DataFrame indexed by gene id (``gene``, the dictionary's ids: Ensembl for Geneformer and netformer
+    dictionaries) with columns ``symbol`` (GENCODE, :func:`netformer.genes.ensembl_to_symbol`; None where
+    unknown) and ``dim_0 .. dim_{hidden-1}`` (float32); one row per dictionary gene.
+
+    Raises
+    ------
+    DictionaryError
+        No dictionary can be resolved, or its size differs from the model's ``vocab_size``.
+    """
+    base = base_model(model)
+    vocab = resolve_vocab(model, None, vocab, model_config={"vocab_size": base.config.vocab_size,
+                                                           "pad_token_id": base.config.pad_token_id})
+    genes = vocab.genes
+    ids = torch.as_tensor([vocab.token_dict[g] for g in genes], dtype=torch.long)
+    with torch.inference_mode():
+        emb = base.get_input_embeddings().weight.detach()[ids.to(base.device)].float().cpu().numpy()
+    df = pd.DataFrame(emb, index=pd.Index(genes, name="gene"), columns=[f"dim_{i}" for i in range(emb.shape[1])])
+    return _with_symbols(df)
+
+
+def _with_symbols(df: pd.DataFrame) -> pd.DataFrame:
+    from .genes import ensembl_to_symbol
+
+    df.insert(0, "symbol", ensembl_to_symbol(df.index).to_numpy())
+    return df
+
+
+def gene_embeddings(model, dataset=None, kind: str = "static", config: EmbeddingConfig | None = None,
+                    vocab: GeneVocab | None = None) -> pd.DataFrame:
+    """Gene embeddings of either kind, indexed by gene id (Ensembl) with a ``symbol`` column.
+
+    ``kind="static"`` (default): :func:`static_gene_embeddings` (every dictionary gene; ``dataset`` and
+    ``config`` unused). ``kind="contextual"``: :func:`embed_genes` over the cells of ``dataset`` (genes
+    that occur in them; with an ``n_cells`` column), layer and batching from ``config``. Columns:
+    ``symbol``, [``n_cells``,] ``dim_*``. Raises :class:`ConfigError` for another kind or contextual
+    without a dataset; otherwise the errors of the function called.
+    """
+    if kind not in GENE_EMBEDDING_KINDS:
+        raise ConfigError(f"kind must be one of {GENE_EMBEDDING_KINDS}, got {kind!r}")
+    if kind == "static":
+        return static_gene_embeddings(model, vocab)
+    if dataset is None:
+        raise ConfigError("contextual gene embeddings average over cells: pass a tokenized dataset")
+    return _with_symbols(embed_genes(model, dataset, config, vocab))
+
+
 def knn_accuracy(emb: np.ndarray, labels: Sequence, k: int = 10, n_splits: int = 5, seed: int = 0) -> float:
     """Cross-validated k-nearest-neighbour label accuracy of an embedding (cosine metric).
 

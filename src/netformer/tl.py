@@ -114,25 +114,28 @@ def embed(adata, model, *, vocab=None, layer: str | None = None, hidden_layer: i
     return adata if copy else None
 
 
-def embed_genes(adata, model, *, vocab=None, layer: str | None = None, hidden_layer: int = -2,
-                key_added: str = "X_netformer", batch_size: int = 32, device: str | None = None,
-                precision: str = "auto", subfolder: str | None = None, copy: bool = False):
-    """Contextual gene embeddings (a gene token's hidden state averaged over the cells that express it)
-    into ``adata.varm[key_added]`` (n_vars, hidden_size), NaN for genes outside the dictionary or never
-    among a cell's tokens; ``uns[key_added + "_genes"]`` records how, with the number of cells per gene.
+def embed_genes(adata, model, *, kind: str = "contextual", vocab=None, layer: str | None = None,
+                hidden_layer: int = -2, key_added: str = "X_netformer", batch_size: int = 32,
+                device: str | None = None, precision: str = "auto", subfolder: str | None = None,
+                copy: bool = False):
+    """Gene embeddings into ``adata.varm[key_added]`` (n_vars, hidden_size), NaN for genes outside the
+    dictionary (contextual: or never among a cell's tokens); ``uns[key_added + "_genes"]`` records how,
+    ``var[key_added + "_n_cells"]`` the number of cells per gene (0 for static).
 
-    Genes are matched to the dictionary as the tokenizer matches them (var index or Ensembl id column,
-    through the dictionary's Ensembl mapping). Parameters and errors as :func:`embed`.
+    ``kind="contextual"`` (default): a gene token's hidden state at ``hidden_layer`` averaged over the
+    cells that express it; ``"static"``: the model's input token embedding row of the gene (no cells
+    run; :func:`netformer.embed.gene_embeddings`). Genes are matched to the dictionary as the tokenizer
+    matches them (var index or Ensembl id column, through the dictionary's Ensembl mapping).
+    Parameters and errors as :func:`embed`; :class:`ConfigError` for another ``kind``.
     """
-    from .embed import EmbeddingConfig
-    from .embed import embed_genes as _embed_genes
+    from .embed import EmbeddingConfig, gene_embeddings
     from .tokenize import select_gene_ids
 
     adata = adata.copy() if copy else adata
     base, vocab, name, size = _model_and_vocab(model, vocab, subfolder, device)
-    ds = _tokenized(adata, vocab, size, layer)
-    table = _embed_genes(base, ds, EmbeddingConfig(layer=hidden_layer, batch_size=batch_size, device=device,
-                                                   precision=precision), vocab=vocab)
+    ds = _tokenized(adata, vocab, size, layer) if kind == "contextual" else None
+    table = gene_embeddings(base, ds, kind, EmbeddingConfig(layer=hidden_layer, batch_size=batch_size, device=device,
+                                                            precision=precision), vocab=vocab)
     ids = vocab.map_ids(select_gene_ids(adata.var, "auto"))
     pos = table.index.get_indexer(pd.Index([i if i is not None else "" for i in ids]))
     dims = table.filter(like="dim_").to_numpy(np.float32)
@@ -140,9 +143,10 @@ def embed_genes(adata, model, *, vocab=None, layer: str | None = None, hidden_la
     full[pos >= 0] = dims[pos[pos >= 0]]
     adata.varm[key_added] = full
     n_cells = np.zeros(adata.n_vars, dtype=np.int64)
-    n_cells[pos >= 0] = table["n_cells"].to_numpy()[pos[pos >= 0]]
+    if "n_cells" in table:
+        n_cells[pos >= 0] = table["n_cells"].to_numpy()[pos[pos >= 0]]
     adata.var[f"{key_added}_n_cells"] = n_cells
-    adata.uns[f"{key_added}_genes"] = {"model": name, "hidden_layer": hidden_layer, "vocab": vocab.name,
+    adata.uns[f"{key_added}_genes"] = {"model": name, "kind": kind, "hidden_layer": hidden_layer, "vocab": vocab.name,
                                        "vocab_digest": vocab.digest, "n_genes_embedded": int((pos >= 0).sum()),
                                        "netformer_version": _version()}
     return adata if copy else None

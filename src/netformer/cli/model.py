@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._common import (Device, ModelArg, Overwrite, Pooling, Preset, PretrainSchedule, Subfolder, Tokenized,
+from ._common import (Device, ModelArg, choices, Overwrite, Pooling, Preset, PretrainSchedule, Subfolder, Tokenized,
                       VocabDir, checked_precision, model_and_vocab, precision_option, value)
 
 EMBEDDING_FORMATS = (".parquet", ".csv", ".h5ad")
+GeneKind = choices("GeneKind", ("contextual", "static"))  # netformer.embed.GENE_EMBEDDING_KINDS
 
 
 def pretrain(
@@ -72,8 +73,14 @@ def embed(
              "(obsm['X_netformer']); with --genes one row per gene (n_cells + dim_*; .h5ad: X).")],
     layer: Annotated[int, typer.Option(help="Hidden-state layer (-1 last, -2 second to last).")] = -2,
     pooling: Annotated[Pooling, typer.Option(help="mean (over gene tokens) or cls.")] = "mean",
-    genes: Annotated[bool, typer.Option("--genes", help="Gene embeddings (averaged over cells) instead of "
-                                                        "cells.")] = False,
+    genes: Annotated[bool, typer.Option("--genes", help="Gene embeddings instead of cells (see --kind).")] = False,
+    kind: Annotated[GeneKind, typer.Option(help="With --genes: contextual (hidden states averaged over the cells) "
+                                                "or static (the model's input token embeddings; the cells only "
+                                                "resolve the dictionary).")] = "contextual",
+    graph_out: Annotated[Optional[Path], typer.Option(help="With --genes: also write the kNN cosine gene graph "
+                                                           "(source,target,importance in symbols, like the GO "
+                                                           "graph) to this CSV.")] = None,
+    knn: Annotated[int, typer.Option("--knn", help="Neighbours per gene of --graph-out.")] = 20,
     batch_size: Annotated[int, typer.Option()] = 32,
     chunk_cells: Annotated[int, typer.Option(help="Cells per resumable chunk (a killed run continues; under "
                                                   "torchrun the ranks share the chunks).")] = 4096,
@@ -88,15 +95,16 @@ def embed(
     """Cell (or gene) embeddings of a tokenized dataset.
 
     Everything is checked before the model runs: the output suffix, --umap-by, the output path, the
-    model and its dictionary against the cells. Errors: ConfigError (suffix, --umap-by with --genes,
-    layer), InputDataError (no such column), DictionaryError, OutputExistsError.
+    model and its dictionary against the cells. Errors: ConfigError (suffix, --umap-by or --graph-out
+    without the right --genes, layer), InputDataError (no such column), DictionaryError, OutputExistsError.
     """
     import anndata as ad
     import pandas as pd
 
     from .._io import atomic_file, check_output, remove_dir
     from ..distributed import world
-    from ..embed import EmbeddingConfig, embed_cells, embed_genes, umap_plot
+    from ..embed import EmbeddingConfig, embed_cells, gene_embeddings, umap_plot
+    from ..graphs import embedding_graph
     from ..errors import ConfigError, InputDataError
     from ..model import load_model
     from ..tokenize import load_tokenized
@@ -105,7 +113,11 @@ def embed(
         raise ConfigError(f"--out {output}: write embeddings to one of {', '.join(EMBEDDING_FORMATS)}")
     if genes and umap_by:
         raise ConfigError("--umap-by colours cells; it does not apply to --genes")
+    if graph_out is not None and not genes:
+        raise ConfigError("--graph-out is a gene graph; add --genes")
     check_output(output, overwrite)
+    if graph_out is not None:
+        check_output(graph_out, overwrite)
     checked_precision(precision, device)
     ds = load_tokenized(data)
     if umap_by and umap_by not in ds.column_names:
@@ -119,11 +131,17 @@ def embed(
     m = load_model(path, device=device)
     work = output.parent / f".{output.name}.run"  # the resumable chunks, removed once --out is written
     if genes:
-        frame = embed_genes(m, ds, cfg, vocab=chosen)
+        frame = gene_embeddings(m, ds, value(kind), cfg, vocab=chosen)
         dims = frame.filter(like="dim_")
-        table = ad.AnnData(dims.to_numpy(), obs=frame[["n_cells"]], var=pd.DataFrame(index=dims.columns)) \
+        table = ad.AnnData(dims.to_numpy(), obs=frame.drop(columns=dims.columns).astype({"symbol": str}),
+                           var=pd.DataFrame(index=dims.columns)) \
             if output.suffix == ".h5ad" else frame  # indexed by gene
-        what = f"{len(frame)} gene embeddings"
+        what = f"{len(frame)} {value(kind)} gene embeddings"
+        if graph_out is not None:
+            edges = embedding_graph(frame, knn)
+            with atomic_file(graph_out, overwrite=overwrite) as tmp:
+                edges.to_csv(tmp, index=False)
+            typer.echo(f"kNN cosine gene graph, {edges['target'].nunique()} genes, {len(edges)} edges -> {graph_out}")
     else:
         emb = embed_cells(m, ds, cfg, vocab=chosen, run_dir=work)
         if not w.is_main:  # rank 0 writes the merged table

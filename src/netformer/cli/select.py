@@ -21,7 +21,15 @@ from ._common import (
 )
 
 Rewire = choices("Rewire", ("degree", "random"))
-Prior = choices("Prior", ("go",))  # the hook for other gene knowledge (issue 15 parts 2-3)
+Prior = choices("Prior", ("go", "fm", "fm+go"))  # netformer.select.priors.PRIORS
+PRIOR_HELP = ("Selection graph: go (GO graph), fm (the foundation model's kNN cosine gene graph of --model-dir; "
+              "candidates its dictionary lacks keep their GO edges) or fm+go (union, max importance).")
+ModelDir = Annotated[Optional[Path], typer.Option(
+    "--model-dir", help="Checkpoint whose static gene embeddings give the fm graph (--prior fm / fm+go).")]
+Knn = Annotated[int, typer.Option("--knn", help="Neighbours per gene of the fm graph.")]
+MinCoverage = Annotated[Optional[float], typer.Option(
+    help="Fail (exit 2) when the checkpoint's dictionary covers a smaller fraction of the candidates, instead "
+         "of falling back to GO for them.")]
 
 GO_GRAPH_HELP = ("Edge list source,target,importance. Default: the GEARS-style GO graph "
                  "graphs/go_top20_jaccard_orgHsEgDb_3.16.csv.gz of the shared data folder (not part of the package; "
@@ -48,15 +56,22 @@ def run(
     symmetrize: Annotated[bool, typer.Option(help="Treat the graph as undirected (max(A, A^T)).")] = False,
     compare: Annotated[bool, typer.Option(help="Also draw degree/PageRank/random coverage in the PNG.")] = True,
     seed: Annotated[int, typer.Option(help="Seed (random baseline only).")] = 0,
+    prior: Annotated[Prior, typer.Option(help=PRIOR_HELP)] = "go",
+    model_dir: ModelDir = None,
+    knn: Knn = 20,
+    min_coverage: MinCoverage = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Select BUDGET perturbations in one shot; write a ranked CSV, a coverage-vs-budget PNG and a summary.
 
     Errors: OutputExistsError, BudgetError (budget above the candidates in the graph), GeneIdError
-    (--missing error and absent candidates), InputDataError (candidate or graph file).
+    (--missing error and absent candidates), InputDataError (candidate or graph file), ConfigError
+    (--prior fm without --model-dir), CoverageError (below --min-coverage).
     """
     from .._io import atomic_dir, check_output
-    from ..graphs import load_edge_list
+    from ..errors import ConfigError
+    from ..graphs import GeneGraph, load_edge_list
+    from ..select.priors import selection_edges
     from ..select.candidates import read_candidates
     from ..select.greedy import RANKING_METHODS, SelectConfig, Selector
 
@@ -64,7 +79,15 @@ def run(
     method, missing = value(method), value(missing)
     cfg = SelectConfig(method=method, n_layers=layers, lazy=not plain, beta=beta, missing=missing, seed=seed)
     cands = read_candidates(candidates) if candidates else None
-    sel = Selector(load_edge_list(graph, symmetrize=symmetrize), cands, n_layers=layers, missing=missing)
+    prior = value(prior)
+    if prior == "go":
+        g = load_edge_list(graph, symmetrize=symmetrize)
+    elif model_dir is None:
+        raise ConfigError(f"--prior {prior} needs --model-dir DIR (the checkpoint whose gene embeddings give the graph)")
+    else:
+        g = GeneGraph.from_edges(selection_edges(prior, cands, model=model_dir, go=graph, k=knn,
+                                                 min_coverage=min_coverage), symmetrize=symmetrize)
+    sel = Selector(g, cands, n_layers=layers, missing=missing)
     res = sel.select(budget, cfg)
     others = [sel.select(budget, cfg, method=m) for m in RANKING_METHODS if compare and m != method]
     summary = {
@@ -72,7 +95,7 @@ def run(
         "n_candidates": res.n_candidates, "n_graph_nodes": res.n_nodes, "n_layers": res.n_layers,
         "objective": float(res.objective[-1]), "coverage_fraction": float(res.coverage[-1]),
         "n_gain_evaluations": res.n_evaluations, "seconds": res.seconds, "bound": res.bound,
-        "missing_candidates": res.missing, "graph_components": sel.pool.n_components,
+        "missing_candidates": res.missing, "graph_components": sel.pool.n_components, "prior": prior,
     }
     with atomic_dir(out, overwrite) as tmp:
         res.to_frame().to_csv(tmp / "selection.csv", index=False)
@@ -115,8 +138,11 @@ def benchmark(
                                                 "endpoints.")] = "degree",
     positive_control: Annotated[bool, typer.Option(help="Semi-synthetic: add the oracle positive control "
                                                         "(test-aware V-optimal design on the true graph).")] = True,
-    prior: Annotated[Prior, typer.Option(help="Gene knowledge behind the selection graph and IterPert's prior "
-                                              "kernel.")] = "go",
+    prior: Annotated[Prior, typer.Option(help=PRIOR_HELP + " IterPert's graph kernel follows the selection "
+                                              "graph; the outcome models keep GO.")] = "go",
+    model_dir: ModelDir = None,
+    knn: Knn = 20,
+    min_coverage: MinCoverage = None,
     synthetic_option: Annotated[List[str], typer.Option(help="Semi-synthetic generator option KEY=VALUE "
                                                              "(SyntheticConfig field, e.g. own=0.2); repeat.")] = [],
     n_candidates: Annotated[int, typer.Option(help="Semi-synthetic: perturbable genes (pool + test).")] = 3000,
@@ -130,8 +156,8 @@ def benchmark(
     against random, per model, budget and graph noise (docs/select.md).
 
     Errors: OutputExistsError, ConfigError (KEY=VALUE items without '=', unknown synthetic options,
-    bad budgets or graph noise), BudgetError (budgets larger than the pool), InputDataError
-    (unreadable --data or graph).
+    bad budgets or graph noise, --prior fm without --model-dir), BudgetError (budgets larger than the pool),
+    InputDataError (unreadable --data or graph), CoverageError (below --min-coverage).
     """
     import dataclasses
 
@@ -166,7 +192,8 @@ def benchmark(
                           strategies=tuple(map(value, strategy)) or STRATEGIES, model=models[0], models=models,
                           options_by_model={m: opts for m in models} if opts else {},
                           graph_noise=tuple(graph_noise) or (0.0,), rewire=value(rewire),
-                          positive_control=positive_control, prior=value(prior))
+                          positive_control=positive_control, prior=value(prior),
+                          model_dir=str(model_dir) if model_dir else None, fm_k=knn, min_coverage=min_coverage)
     if data is None:
         scfg = SyntheticConfig(**{"n_candidates": n_candidates, "n_test": n_test, "seed": data_seed, **sopts})
         res = benchmark_semisynthetic(cfg, scfg, graph=load_edge_list(graph) if graph is not None else None)

@@ -68,8 +68,11 @@ class BenchmarkConfig:
     use the graph; IterPert's GO prior kernel uses the selection graph). positive_control : add the
     ``oracle`` one-shot method (semi-synthetic, default True). prior : name of the gene knowledge
     behind the selection graph and prior kernel, written in every row (``go``; the hook for other
-    priors). blas_threads : BLAS threads during the run (default 1: the many small matrix products
-    here are fastest single-threaded, and multi-threaded OpenBLAS slows down by ~40x on a loaded
+    priors). ``fm`` / ``fm+go`` select on the foundation model's gene graph alone or united with GO
+    (:mod:`netformer.select.priors`), built from the checkpoint ``model_dir`` with ``fm_k`` neighbours;
+    ``min_coverage``: fail (:class:`~netformer.select.priors.CoverageError`) when its dictionary covers
+    fewer candidates, instead of falling back to GO for them. blas_threads : BLAS threads during the
+    run (default 1: the many small matrix products here are fastest single-threaded, and multi-threaded OpenBLAS slows down by ~40x on a loaded
     2-core machine); None leaves the library default.
     """
 
@@ -91,8 +94,14 @@ class BenchmarkConfig:
     rewire: str = "degree"
     positive_control: bool = True
     prior: str = "go"
+    model_dir: str | None = None
+    fm_k: int = 20
+    min_coverage: float | None = None
 
     def __post_init__(self) -> None:
+        if self.prior in ("fm", "fm+go") and self.model_dir is None:
+            raise ConfigError(f"prior {self.prior!r} needs model_dir (the checkpoint whose gene embeddings "
+                              "give the graph; CLI --model-dir).")
         bad = [m for m in self.oneshot if m not in METHODS] + [s for s in self.strategies if s not in STRATEGIES]
         if bad:
             raise ConfigError(f"unknown methods {bad}; one-shot: {METHODS}, active: {STRATEGIES}.")
@@ -525,7 +534,8 @@ def benchmark_semisynthetic(config: BenchmarkConfig, synth_config=None, *, graph
     ground truth and the outcome models keep the true graph; the ``oracle`` positive control (if
     ``config.positive_control``) and active learning (graph noise 0 only) as documented in
     :class:`BenchmarkConfig`. ``selection_edges``: the selection graph before rewiring (default: the
-    true graph; the hook for other priors, e.g. a foundation-model gene graph). Every row's
+    true graph; default for ``config.prior`` ``fm`` / ``fm+go``: that prior's graph on the candidate genes
+    (GO = the true graph), made undirected like the true graph). Every row's
     ``setting`` says SEMI-SYNTHETIC. Returns the long results table (:func:`run_benchmark` columns).
     """
     from .candidates import check_budget
@@ -535,6 +545,10 @@ def benchmark_semisynthetic(config: BenchmarkConfig, synth_config=None, *, graph
     check_budget(config.schedule[-1], len(truth.pool))  # BudgetError before any work
     setting = semisynthetic_setting(truth)
     genes = list(truth.delta_true.index)
+    if selection_edges is None and config.prior != "go":   # made undirected on U, like the true graph
+        from .synthetic import undirected_edges
+
+        selection_edges = undirected_edges(GeneGraph.from_edges(_prior_edges(config, genes, truth.edges), genes))
     frames = []
     for seed in config.seeds:
         t0 = time.perf_counter()
@@ -581,7 +595,17 @@ def benchmark_file(path: str | Path, config: BenchmarkConfig, *, graph_path: str
     priors = _expression_prior(pool) if expression_prior and "iterpert" in config.strategies else None
     edges = go_graph(graph_path) if graph_path is not None else None
     setting = f"real: {Path(path).name}{' ' + str(subset) if subset else ''} ({len(pool)} pool / {len(test)} test)"
+    if config.prior != "go":   # select on the named prior's graph; the models keep GO
+        graph = GeneGraph.from_edges(_prior_edges(config, singles, go_graph(graph_path)))
     return run_benchmark(data, graph, pool, test, config, edges=edges, prior_kernels=priors, setting=setting)
+
+
+def _prior_edges(config: BenchmarkConfig, candidates, go_edges: pd.DataFrame) -> pd.DataFrame:
+    """The selection graph of ``config.prior`` (:func:`~netformer.select.priors.selection_edges`)."""
+    from .priors import selection_edges
+
+    return selection_edges(config.prior, candidates, model=config.model_dir, go=go_edges, k=config.fm_k,
+                           min_coverage=config.min_coverage)
 
 
 def write_report(results: pd.DataFrame, out: str | Path, *, overwrite: bool = False,

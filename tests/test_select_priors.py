@@ -1,0 +1,115 @@
+"""Gene knowledge from the foundation model for selection: static gene embeddings of a real (tiny,
+pretrained) checkpoint, its kNN cosine gene graph, the fm / fm+go selection graphs, coverage fallback
+and the CLI's bad-input exit."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from netformer.cli import main
+from netformer.graphs import GeneGraph, embedding_graph
+from netformer.select import Selector
+from netformer.select.priors import CoverageError, selection_edges, union_edges
+
+
+@pytest.fixture(scope="module")
+def static(tiny_pretrained):
+    from netformer.embed import static_gene_embeddings
+    from netformer.model import load_model
+
+    model = load_model(tiny_pretrained.model_dir, device="cpu")
+    return model, static_gene_embeddings(model)
+
+
+def test_embedding_graph_equals_brute_force_cosine_knn():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 6))
+    genes = [f"G{i}" for i in range(40)]
+    k = 5
+    edges = embedding_graph(X, k, genes=genes, min_similarity=-1)
+    U = X / np.linalg.norm(X, axis=1, keepdims=True)
+    C = U @ U.T
+    want = []
+    for t in range(40):
+        order = [s for s in np.argsort(-C[t], kind="stable") if s != t][:k]
+        want += [(genes[t], genes[t], 1.0)] + [(genes[s], genes[t], C[t, s]) for s in order]
+    want = pd.DataFrame(want, columns=["source", "target", "importance"])
+    key = ["target", "source"]
+    got, exp = edges.sort_values(key).reset_index(drop=True), want.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got[key], exp[key])
+    np.testing.assert_allclose(got["importance"], exp["importance"].clip(0, 1), atol=1e-9)
+    # the default keeps positive similarities only, the self loop first in every target's block
+    pos = embedding_graph(X, k, genes=genes)
+    assert (pos["importance"] > 0).all() and len(pos) == len(edges) - int(((C < 0) & _knn_mask(C, k)).sum())
+    assert (pos.groupby("target").head(1).eval("source == target")).all()
+
+
+def _knn_mask(C, k):
+    m = np.zeros_like(C, dtype=bool)
+    for t in range(len(C)):
+        m[t, [s for s in np.argsort(-C[t], kind="stable") if s != t][:k]] = True
+    return m
+
+
+def test_static_embeddings_and_lazy_equals_plain_greedy_on_fm_graph(static, tiny_pretrained):
+    model, emb = static
+    vocab = tiny_pretrained.vocab
+    assert len(emb) == len(vocab.genes) and emb.index[0].startswith("ENSG") and "symbol" in emb
+    w = model.get_input_embeddings().weight.detach().numpy()
+    np.testing.assert_array_equal(emb.filter(like="dim_").to_numpy(), w[[vocab.token_dict[g] for g in emb.index]])
+    edges = embedding_graph(emb.iloc[:1500], 10)
+    assert list(edges.columns) == ["source", "target", "importance"]
+    sel = Selector(GeneGraph.from_edges(edges), sorted(set(edges["target"]))[:300])
+    for method in ("graphreach", "maxspec"):
+        lazy, plain = sel.select(30, method=method), sel.select(30, method=method, lazy=False)
+        assert lazy.genes == plain.genes and lazy.n_evaluations < plain.n_evaluations
+        np.testing.assert_allclose(lazy.objective, plain.objective)
+
+
+def _go_like(covered):
+    """A small GO-style graph over 6 covered genes and 2 genes no dictionary holds."""
+    genes = list(covered) + ["NOTAGENE1", "NOTAGENE2"]
+    rows = [(g, g, 1.0) for g in genes] + [(genes[0], "NOTAGENE1", 0.5), ("NOTAGENE2", genes[1], 0.3),
+                                           (genes[2], genes[3], 0.9)]
+    return pd.DataFrame(rows, columns=["source", "target", "importance"]), genes
+
+
+def test_coverage_fallback_logs_and_keeps_go_edges(static, caplog):
+    emb = static[1].iloc[:800]
+    covered = sorted(emb["symbol"].dropna().unique())[:6]
+    go, cands = _go_like(covered)
+    with caplog.at_level(logging.INFO, logger="netformer.select.priors"):
+        fm = selection_edges("fm", cands, embeddings=emb, go=go, k=5)
+    assert "covers 6 of 8 candidate genes" in caplog.text
+    g = GeneGraph.from_edges(fm)
+    assert all(c in g for c in cands)       # the uncovered two kept their GO edges
+    assert {("NOTAGENE2", covered[1]), (covered[0], "NOTAGENE1")} <= set(zip(fm["source"], fm["target"]))
+    both = selection_edges("fm+go", cands, embeddings=emb, go=go, k=5)
+    assert both.equals(union_edges(selection_edges("fm", covered, embeddings=emb, go=go, k=5), go))
+    assert not both.duplicated(["source", "target"]).any() and (both["importance"] <= 1).all()
+    with pytest.raises(CoverageError, match="covers 6 of 8"):
+        selection_edges("fm", cands, embeddings=emb, go=go, min_coverage=0.9)
+
+
+def test_cli_fm_prior(static, tiny_pretrained, tmp_path, capsys):
+    _, emb = static
+    go, cands = _go_like(sorted(emb["symbol"].dropna().unique())[:6])
+    go.to_csv(tmp_path / "go.csv", index=False)
+    (tmp_path / "cands.txt").write_text("\n".join(cands))
+    args = ["select", "run", "--prior", "fm", "--model-dir", tiny_pretrained.model_dir, "--graph", tmp_path / "go.csv",
+            "--candidates", tmp_path / "cands.txt", "--budget", "3", "--no-compare"]
+    with pytest.raises(SystemExit) as exc:   # bad input: coverage 6/8 below the asked 90%
+        main([str(a) for a in args + ["--min-coverage", "0.9", "-o", tmp_path / "a"]])
+    assert exc.value.code == 2 and "covers 6 of 8" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:   # fm without a checkpoint
+        main(["select", "run", "--prior", "fm", "--budget", "3", "-o", str(tmp_path / "b")])
+    assert exc.value.code == 2 and "--model-dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:   # falls back to GO for the two uncovered
+        main([str(a) for a in args + ["-o", tmp_path / "c"]])
+    assert exc.value.code in (0, None), capsys.readouterr().err
+    sel = pd.read_csv(tmp_path / "c" / "selection.csv")
+    assert len(sel) == 3
