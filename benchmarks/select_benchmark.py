@@ -52,6 +52,19 @@ def _cell(r, tag: str = "random", ci: bool = True) -> str:
     return f"{r['mse_top20_de_mean']:.4f}{ci_s}{qs}{mark}"
 
 
+def _diff_cells(h: pd.DataFrame, budgets, ref: str) -> list[str]:
+    """Per budget: paired mse_top20_de difference to ``ref`` and its q, **+** / **-** when significant."""
+    cells = []
+    for b in budgets:
+        if b not in h.index:
+            cells.append("")
+            continue
+        r = h.loc[b]
+        mark = {"better": " **+**", "worse": " **-**"}.get(r[f"verdict_vs_{ref}"], "")
+        cells.append(f"{r[f'mse_top20_de_diff_vs_{ref}']:+.4f} q={r[f'mse_top20_de_q_vs_{ref}']:.2g}{mark}")
+    return cells
+
+
 def markdown_tables(summ: pd.DataFrame) -> str:
     """The docs tables, all from ``summarize(results)``.
 
@@ -82,15 +95,7 @@ def markdown_tables(summ: pd.DataFrame) -> str:
         for (model, meth, x), h in noisy.groupby(["model", "method", "graph_noise"], sort=True):
             if synth[(synth.model == model)]["graph_noise"].nunique() < 2:
                 continue
-            h = h.set_index("budget")
-            cells = []
-            for b in budgets:
-                if b not in h.index:
-                    cells.append("")
-                    continue
-                r = h.loc[b]
-                mark = {"better": " **+**", "worse": " **-**"}.get(r["verdict_vs_random"], "")
-                cells.append(f"{r['mse_top20_de_diff_vs_random']:+.4f} q={r['mse_top20_de_q_vs_random']:.2g}{mark}")
+            cells = _diff_cells(h.set_index("budget"), budgets, "random")
             lines.append(f"| {model} | {meth} | {100 * x:.0f}% | " + " | ".join(cells) + " |")
     vs = synth[(synth.kind == "one-shot") & (synth.graph_noise == 0)]
     if "mse_top20_de_diff_vs_active_iterpert" in vs and vs["mse_top20_de_diff_vs_active_iterpert"].notna().any():
@@ -103,15 +108,7 @@ def markdown_tables(summ: pd.DataFrame) -> str:
             h = h.set_index("budget")
             if h["mse_top20_de_diff_vs_active_iterpert"].isna().all():
                 continue
-            cells = []
-            for b in budgets:
-                if b not in h.index:
-                    cells.append("")
-                    continue
-                r = h.loc[b]
-                mark = {"better": " **+**", "worse": " **-**"}.get(r["verdict_vs_active_iterpert"], "")
-                cells.append(f"{r['mse_top20_de_diff_vs_active_iterpert']:+.4f} "
-                             f"q={r['mse_top20_de_q_vs_active_iterpert']:.2g}{mark}")
+            cells = _diff_cells(h, budgets, "active_iterpert")
             lines.append(f"| {model} | {meth} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
