@@ -110,3 +110,14 @@ def test_demo_step_without_its_optional_data_is_skipped_with_one_line(tmp_path):
     with pytest.raises(ConfigError, match="unknown demo steps"):
         run_demo(tmp_path / "d", steps=["cells", "tissues"])
     assert not (tmp_path / "d").exists()
+
+
+def test_loading_a_model_prints_no_library_bar(tiny_pretrained, capfd):
+    """One progress bar at a time: transformers' "Loading weights" bar stays off when netformer loads a model."""
+    from netformer.model import load_model
+
+    capfd.readouterr()
+    load_model(tiny_pretrained.model_dir)
+    load_model(tiny_pretrained.model_dir, kind="cell", num_labels=2)
+    out, err = capfd.readouterr()
+    assert "Loading weights" not in out + err and "it/s" not in out + err

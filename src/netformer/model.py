@@ -451,12 +451,13 @@ def load_model(
     # transformers' load report for real problems only.
     previous = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
-    try:
-        if is_adapter_dir(path):  # a LoRA classifier: its base checkpoint, the adapter merged in
-            kwargs.pop("add_pooling_layer", None)
-            model = load_adapter(path, kind, classes, attn_implementation=attn_implementation, **kwargs)
-        else:
-            model = classes[kind].from_pretrained(str(path), attn_implementation=attn_implementation, **kwargs)
+    try:  # without transformers' "Loading weights" bar: one bar at a time (netformer.progress)
+        with quiet_library_bars():
+            if is_adapter_dir(path):  # a LoRA classifier: its base checkpoint, the adapter merged in
+                kwargs.pop("add_pooling_layer", None)
+                model = load_adapter(path, kind, classes, attn_implementation=attn_implementation, **kwargs)
+            else:
+                model = classes[kind].from_pretrained(str(path), attn_implementation=attn_implementation, **kwargs)
     except (MissingFileError, ConfigError):
         raise
     except Exception as exc:  # transformers / safetensors / torch.load raise many types on damaged files
