@@ -47,7 +47,7 @@ class DemoConfig:
     steps: Sequence[str] = STEPS
     preset: str = "small"
     max_length: int = 256
-    epochs: float = 2.5
+    epochs: float = 3.0
     batch_size: int = 16
     learning_rate: float = 1e-3
     warmup_steps: int = 50

@@ -169,7 +169,7 @@ def embed(
 
 def demo(
     output: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("netformer_demo"),
-    epochs: Annotated[float, typer.Option(help="Pretraining epochs.")] = 2.5,
+    epochs: Annotated[float, typer.Option(help="Pretraining epochs.")] = 3.0,
     preset: Annotated[Preset, typer.Option(help="Model preset.")] = "small",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the output folder (by default a "
                                                                 "re-run reuses its finished steps).")] = False,
