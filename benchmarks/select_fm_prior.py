@@ -20,7 +20,20 @@ go, fm, fm+go (same seeds = same test splits and noise), then
     python benchmarks/select_fm_prior.py --compare RUNS --out OUT
 
 writes OUT/semisynthetic_table.md: per model and budget, GraphReach's mse_top20_de on each prior, and the
-paired difference (over seeds) of fm / fm+go to go with Wilcoxon p and BH q over the table.
+paired difference (over seeds) of fm / fm+go to go with Wilcoxon p and BH q over the table. With
+``--method iterpert`` (runs made with ``--prior-use kernel --strategy iterpert``) the compared method is
+IterPert and the table OUT/semisynthetic_kernel_table.md; with ``--use model`` (runs made with
+``--prior-use model``) GraphReach's error under each model graph, OUT/semisynthetic_model_table.md.
+
+The other uses of the prior (issue 15 part 3) on the REAL devel set:
+
+* ``--use kernel``: IterPert with the prior's graph kernel (``prior_uses=("kernel",)``) against IterPert
+  with the GO kernel, and active random, at the same budgets and splits; table_kernel.md.
+* ``--use model``: the outcome models' gene graph, leave-one-perturbation-out: for each of the 18 norman19
+  singles, ridge / SGC / GEARS fitted on the other 17 singles with the GO, FM or FM+GO graph
+  (:func:`netformer.select.benchmark.prior_edges`) predict the held-out one; fitted on all 18 they
+  predict the 15 doubles. Paired over perturbations (FM - GO), Wilcoxon p, BH q over the table;
+  table_model.md and results_model.csv. ``--gears-epochs`` (default 5) keeps GEARS on a CPU budget.
 """
 
 from __future__ import annotations
@@ -42,9 +55,16 @@ def main() -> None:
     ap.add_argument("--splits", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--budgets", default="2,4,6,8,10")
+    ap.add_argument("--use", choices=("selection", "kernel", "model"), default="selection")
+    ap.add_argument("--method", choices=("graphreach", "iterpert"), default="graphreach",
+                    help="--compare: the method whose error is compared across priors")
+    ap.add_argument("--gears-epochs", type=int, default=5)
     args = ap.parse_args()
     if args.compare is not None:
-        return compare(args.compare, args.out)
+        return compare(args.compare, args.out, args.method, args.use)
+    if args.use == "model":
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        return leave_one_out(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from scipy.stats import wilcoxon
 
@@ -53,43 +73,114 @@ def main() -> None:
 
     data = args.data or shared_data_dir() / "perturbseq" / "devel.h5ad"
     budgets = tuple(int(b) for b in args.budgets.split(","))
+    kernel = args.use == "kernel"
+    main_method, methods = ("iterpert", ("iterpert", "random")) if kernel else ("graphreach", ("graphreach", "random"))
     frames = []
     for prior in ("go", "fm", "fm+go"):
-        cfg = BenchmarkConfig(budgets=budgets, seeds=tuple(range(args.seeds)), oneshot=("graphreach", "random"),
-                              strategies=(), positive_control=False, prior=prior,
-                              model_dir=None if prior == "go" else args.model_dir)
+        cfg = BenchmarkConfig(budgets=budgets, seeds=tuple(range(args.seeds)),
+                              oneshot=() if kernel else ("graphreach", "random"),
+                              strategies=("iterpert", "random") if kernel else (), positive_control=False,
+                              prior=prior, model_dir=None if prior == "go" else args.model_dir,
+                              prior_uses=(args.use,))
         for split in range(args.splits):
             res = benchmark_file(data, cfg, seed=split, subset={"dataset": "norman19"})
             res["split"] = split
             frames.append(res)
     res = pd.concat(frames, ignore_index=True)
+    res["prior"] = res["prior"].str.replace(r"\[.*\]$", "", regex=True)   # fm[kernel] -> fm
     args.out.mkdir(parents=True, exist_ok=True)
-    res.to_csv(args.out / "results.csv", index=False)
+    suffix = "_kernel" if kernel else ""
+    res.to_csv(args.out / f"results{suffix}.csv", index=False)
     per = res.groupby(["prior", "method", "budget", "split"])["mse_top20_de"].mean().unstack("split")
-    lines = ["| budget | " + " | ".join(f"{p} {m}" for p in ("go", "fm", "fm+go") for m in ("graphreach", "random"))
-             + " | fm - go (GraphReach), p | fm+go - go (GraphReach), p |",
+    lines = ["| budget | " + " | ".join(f"{p} {m}" for p in ("go", "fm", "fm+go") for m in methods)
+             + f" | fm - go ({main_method}), p | fm+go - go ({main_method}), p |",
              "|---" * 9 + "|"]
     for b in budgets:
-        cells = [f"{per.loc[(p, m, b)].mean():.4f}" for p in ("go", "fm", "fm+go") for m in ("graphreach", "random")]
-        go = per.loc[("go", "graphreach", b)]
+        cells = [f"{per.loc[(p, m, b)].mean():.4f}" for p in ("go", "fm", "fm+go") for m in methods]
+        go = per.loc[("go", main_method, b)]
         for p in ("fm", "fm+go"):
-            d = per.loc[(p, "graphreach", b)] - go
+            d = per.loc[(p, main_method, b)] - go
             pval = wilcoxon(d).pvalue if np.any(d != 0) else 1.0
             cells.append(f"{d.mean():+.4f}, p={pval:.3f}")
         lines.append(f"| {b} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
-    (args.out / "table.md").write_text(table + "\n")
+    (args.out / f"table{suffix}.md").write_text(table + "\n")
     print(table)
 
 
-def compare(runs: Path, out: Path) -> None:
+def leave_one_out(args) -> None:
+    """The ``--use model`` benchmark (module docstring)."""
+    import time
+
+    from netformer.datasets import shared_data_dir
+    from netformer.graphs import go_graph
+    from netformer.perturbseq.data import read_perturbseq
+    from netformer.perturbseq.metrics import evaluate
+    from netformer.select.benchmark import BenchmarkConfig, bh_qvalues, model_factory, paired_test, prior_edges
+
+    data = read_perturbseq(args.data or shared_data_dir() / "perturbseq" / "devel.h5ad", subset={"dataset": "norman19"})
+    go_e = go_graph(None)
+    singles = sorted(data.singles)
+    graphs = {"go": go_e}
+    for prior in ("fm", "fm+go"):
+        graphs[prior] = prior_edges(BenchmarkConfig(prior=prior, model_dir=args.model_dir), singles, go_e)
+    options = {"gears": {"epochs": args.gears_epochs}}
+    rows = []
+    for model in ("ridge", "sgc", "gears"):
+        for prior, edges in graphs.items():
+            factory = model_factory(model, edges, 1, options.get(model))
+            t0 = time.perf_counter()
+            folds = [([s for s in singles if s != held], [held], "single") for held in singles]
+            folds.append((singles, sorted(data.doubles), "double"))
+            for train, test, kind in folds:
+                scores = evaluate(factory().fit(data, train), data, test).drop(index="mean")
+                for cond, r in scores.iterrows():
+                    rows.append(dict(model=model, prior=prior, kind=kind, condition=cond,
+                                     mse_top20_de=r["mse_top20_de"], pearson_delta=r["pearson_delta"]))
+            logging.info("%s on %s: %d fits in %.0f s", model, prior, len(folds), time.perf_counter() - t0)
+    res = pd.DataFrame(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    res.to_csv(args.out / "results_model.csv", index=False)
+    per = res.set_index(["model", "kind", "prior", "condition"]).sort_index()
+    t = []
+    for (model, kind), _ in res.groupby(["model", "kind"], sort=False):
+        row = {"model": model, "kind": kind}
+        go = per.loc[(model, kind, "go")]
+        row["n"] = len(go)
+        for metric in ("mse_top20_de", "pearson_delta"):
+            row[f"go {metric}"] = go[metric].mean()
+            for p in ("fm", "fm+go"):
+                x = per.loc[(model, kind, p)][metric]
+                row[f"{p} {metric}"] = x.mean()
+                row[f"{p}-go {metric}"] = (x - go[metric]).mean()
+                row[f"p {p} {metric}"] = paired_test(x.to_numpy(), go[metric].to_numpy())
+        t.append(row)
+    t = pd.DataFrame(t)
+    pcols = [c for c in t if c.startswith("p ")]
+    q = bh_qvalues(t[pcols].to_numpy().ravel()).reshape(len(t), len(pcols))
+    for j, c in enumerate(pcols):
+        t["q" + c[1:]] = q[:, j]
+    lines = ["| model | held out | n | metric | GO | FM | FM+GO | FM - GO (q) | FM+GO - GO (q) |", "|---" * 9 + "|"]
+    for _, d in t.iterrows():
+        for metric in ("mse_top20_de", "pearson_delta"):
+            lines.append(f"| {d['model']} | {d['kind']}s | {d['n']} | {metric} | {d[f'go {metric}']:.4f} | "
+                         f"{d[f'fm {metric}']:.4f} | {d[f'fm+go {metric}']:.4f} | "
+                         f"{d[f'fm-go {metric}']:+.4f} ({d[f'q fm {metric}']:.3f}) | "
+                         f"{d[f'fm+go-go {metric}']:+.4f} ({d[f'q fm+go {metric}']:.3f}) |")
+    table = "\n".join(lines)
+    (args.out / "table_model.md").write_text(table + "\n")
+    print(table)
+
+
+def compare(runs: Path, out: Path, method: str = "graphreach", use: str = "selection") -> None:
     from netformer.select.benchmark import bh_qvalues, paired_test
 
     def read(d: Path) -> pd.DataFrame:   # results.csv as written, or gzipped as kept in the repository
         return pd.read_csv(d / "results.csv" if (d / "results.csv").exists() else d / "results.csv.gz")
 
     res = pd.concat([read(runs / p) for p in ("go", "fm", "fm+go")], ignore_index=True)
-    res = res[(res["method"] == "graphreach") & (res["kind"] == "one-shot")]
+    res["prior"] = res["prior"].str.replace(r"\[.*\]$", "", regex=True)   # fm[kernel] -> fm
+    res = res[(res["method"] == method) & (res["kind"] == ("one-shot" if method == "graphreach" else "active"))]
     per = res.set_index(["model", "budget", "prior", "seed"])["mse_top20_de"].sort_index()
     rows = []
     for (model, budget), _ in res.groupby(["model", "budget"]):
@@ -108,7 +199,8 @@ def compare(runs: Path, out: Path) -> None:
                      f"{d['fm-go']:+.4f} ({d['q_fm']:.3f}) | {d['fm+go-go']:+.4f} ({d['q_fm+go']:.3f}) |")
     table = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "semisynthetic_table.md").write_text(table + "\n")
+    name = {"selection": "", "kernel": "_kernel", "model": "_model"}[use]
+    (out / f"semisynthetic{name}_table.md").write_text(table + "\n")
     print(table)
 
 

@@ -11,6 +11,7 @@ from netformer.select.active import (
     STRATEGIES,
     ActiveConfig,
     go_kernel,
+    graph_kernel,
     k_center_greedy,
     run_active_learning,
     typiclust,
@@ -105,6 +106,21 @@ def test_active_learning_loop_end_to_end(synth, strategy):
     assert list(df["n_labeled"]) == [10, 20, 30]
     again = run_active_learning(synth.data, pool, lambda: RidgeModel(go_graph=synth.edges), cfg, prior_kernels=priors)
     assert again.rounds[-1].labeled == final  # same seed, same campaign
+
+
+def test_graph_kernel_follows_the_gene_order_and_leaves_absent_genes_alone(synth):
+    from netformer.select import Selector
+
+    pool = sorted(synth.pool)[:60]
+    ref = go_kernel(Selector(synth.graph, pool).reach)      # rows in sorted pool order
+    order = np.random.default_rng(0).permutation(len(pool))
+    genes = [pool[i] for i in order] + ["NOTAGENE"]
+    k = graph_kernel(synth.graph, genes)
+    assert k.shape == (61, 61)
+    np.testing.assert_allclose(k[:60, :60], ref[np.ix_(order, order)], atol=1e-12)
+    assert k[60, 60] == 1.0 and not k[60, :60].any() and not k[:60, 60].any()
+    assert np.allclose(k, k.T) and np.linalg.eigvalsh(k).min() > -1e-9     # a valid (PSD) kernel
+    assert (k[:60, :60][~np.eye(60, dtype=bool)] > 0).any()                   # not the identity
 
 
 def test_active_learning_errors(synth):

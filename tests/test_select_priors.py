@@ -113,3 +113,60 @@ def test_cli_fm_prior(static, tiny_pretrained, tmp_path, capsys):
     assert exc.value.code in (0, None), capsys.readouterr().err
     sel = pd.read_csv(tmp_path / "c" / "selection.csv")
     assert len(sel) == 3
+
+
+def test_prior_uses_replace_go_only_where_named(tiny_pretrained):
+    """On the real Norman 2019 devel cells: ``kernel`` changes only IterPert's graph kernel, ``model``
+    only the outcome model's gene graph; each equals the same step done by hand with the FM graph."""
+    from netformer.datasets import shared_data_dir
+    from netformer.graphs import go_graph
+    from netformer.perturbseq.data import read_perturbseq
+    from netformer.perturbseq.metrics import evaluate
+    from netformer.perturbseq.models import RidgeModel
+    from netformer.select.active import ActiveConfig, graph_kernel, run_active_learning
+    from netformer.select.benchmark import BenchmarkConfig, benchmark_file, prior_edges
+    from netformer.errors import ConfigError
+
+    path = shared_data_dir() / "perturbseq" / "devel.h5ad"
+    sub = {"dataset": "norman19"}
+    kw = dict(budgets=(2, 4, 6), seeds=(0,), oneshot=("graphreach",), strategies=("iterpert",),
+              positive_control=False)
+    go = benchmark_file(path, BenchmarkConfig(**kw), subset=sub)
+    fm = dict(prior="fm", model_dir=str(tiny_pretrained.model_dir))
+    kern = benchmark_file(path, BenchmarkConfig(**kw, **fm, prior_uses=("kernel",)), subset=sub)
+    model = benchmark_file(path, BenchmarkConfig(**kw, **fm, prior_uses=("model",)), subset=sub)
+    assert set(kern["prior"]) == {"fm[kernel]"} and set(model["prior"]) == {"fm[model]"}
+    cols = ["kind", "method", "budget", "chosen", "mse_top20_de"]
+    one = lambda df: df[df["kind"] == "one-shot"][cols].reset_index(drop=True)
+    act = lambda df: df[df["kind"] == "active"][cols].reset_index(drop=True)
+    pd.testing.assert_frame_equal(one(kern), one(go))          # selection and model untouched
+    assert one(model)["chosen"].equals(one(go)["chosen"])       # same selection, ...
+
+    data = read_perturbseq(path, subset=sub)
+    go_e = go_graph(None)
+    singles = sorted(c for c in data.singles if c in set(go_e["target"]))
+    fm_e = prior_edges(BenchmarkConfig(**kw, **fm), singles, go_e)
+    go_test = _test_singles(singles)
+    pool = sorted(set(singles) - set(go_test))
+    assert f"({len(pool)} pool / {len(go_test) + len(data.doubles)} test)" in model["setting"].iloc[0]
+    for row in one(model).itertuples():                         # ... another model graph, fitted by hand
+        m = RidgeModel(go_graph=fm_e).fit(data, row.chosen.split(";"))
+        ref = evaluate(m, data, go_test + sorted(data.doubles)).loc["mean", "mse_top20_de"]
+        assert row.mse_top20_de == pytest.approx(ref, rel=1e-9)
+    assert not np.allclose(one(model)["mse_top20_de"], one(go)["mse_top20_de"])
+
+    ev = lambda m: {"mse_top20_de": float(evaluate(m, data, go_test + sorted(data.doubles)).loc["mean", "mse_top20_de"])}
+    by_hand = run_active_learning(data, pool, lambda: RidgeModel(), ActiveConfig("iterpert", schedule=(2, 4, 6), seed=0),
+                                  prior_kernels={"fm": graph_kernel(GeneGraph.from_edges(fm_e), pool)}, evaluate_fn=ev)
+    assert list(act(kern)["chosen"]) == [";".join(sorted(r.labeled)) for r in by_hand.rounds]
+    assert act(kern)["mse_top20_de"].tolist() == pytest.approx([r.metrics["mse_top20_de"] for r in by_hand.rounds])
+    with pytest.raises(ConfigError, match="prior uses"):
+        BenchmarkConfig(**fm, prior_uses=("graph",))
+    cfg = BenchmarkConfig(**kw, **fm, prior_uses=("model", "selection"))
+    assert cfg.prior_uses == ("selection", "model") and BenchmarkConfig.from_json(cfg.to_json()) == cfg
+
+
+def _test_singles(singles, seed=0, fraction=0.2):
+    """benchmark_file's documented test split: a seeded ``fraction`` of the singles."""
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(singles, size=max(1, int(round(fraction * len(singles)))), replace=False).tolist())

@@ -22,6 +22,7 @@ from ._common import (
 
 Rewire = choices("Rewire", ("degree", "random"))
 Prior = choices("Prior", ("go", "fm", "fm+go"))  # netformer.select.priors.PRIORS
+PriorUse = choices("PriorUse", ("selection", "kernel", "model"))  # netformer.select.priors.PRIOR_USES
 PRIOR_HELP = ("Selection graph: go (GO graph), fm (the foundation model's kNN cosine gene graph of --model-dir; "
               "candidates its dictionary lacks keep their GO edges) or fm+go (union, max importance).")
 ModelDir = Annotated[Optional[Path], typer.Option(
@@ -138,8 +139,11 @@ def benchmark(
                                                 "endpoints.")] = "degree",
     positive_control: Annotated[bool, typer.Option(help="Semi-synthetic: add the oracle positive control "
                                                         "(test-aware V-optimal design on the true graph).")] = True,
-    prior: Annotated[Prior, typer.Option(help=PRIOR_HELP + " IterPert's graph kernel follows the selection "
-                                              "graph; the outcome models keep GO.")] = "go",
+    prior: Annotated[Prior, typer.Option(help=PRIOR_HELP + " Where it replaces GO: --prior-use.")] = "go",
+    prior_use: Annotated[List[PriorUse], typer.Option(
+        "--prior-use", help="Where the --prior graph replaces GO: selection (the one-shot selection graph), "
+                            "kernel (IterPert's graph prior kernel), model (the gene graph of ridge / sgc / "
+                            "gears); repeat (default selection).")] = [],
     model_dir: ModelDir = None,
     knn: Knn = 20,
     min_coverage: MinCoverage = None,
@@ -193,7 +197,8 @@ def benchmark(
                           options_by_model={m: opts for m in models} if opts else {},
                           graph_noise=tuple(graph_noise) or (0.0,), rewire=value(rewire),
                           positive_control=positive_control, prior=value(prior),
-                          model_dir=str(model_dir) if model_dir else None, fm_k=knn, min_coverage=min_coverage)
+                          model_dir=str(model_dir) if model_dir else None, fm_k=knn, min_coverage=min_coverage,
+                          prior_uses=tuple(map(value, prior_use)) or ("selection",))
     if data is None:
         scfg = SyntheticConfig(**{"n_candidates": n_candidates, "n_test": n_test, "seed": data_seed, **sopts})
         res = benchmark_semisynthetic(cfg, scfg, graph=load_edge_list(graph) if graph is not None else None)

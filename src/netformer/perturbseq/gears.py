@@ -622,7 +622,7 @@ class GEARSModel(PerturbationModel):
         wanted = list(dict.fromkeys(data.perturbed_genes + [g for c in train for g in condition_genes(c)] + self.candidate_genes))
         absent = sorted(set(wanted) - set(edges["source"]) - set(edges["target"]))
         if absent:
-            log.warning("%d perturbed genes are not in the GO graph (self loop only): %s", len(absent), absent[:10])
+            log.warning("%d perturbed genes are not in the gene graph (self loop only): %s", len(absent), absent[:10])
         nodes, A_go = self._go_nodes(edges, wanted)
         self.nodes_ = pd.Index(nodes)
         self.A_co_, self.A_go_, self.coexpress_edges_ = A_co, A_go, co_edges

@@ -310,7 +310,7 @@ class RidgeModel(PerturbationModel):
         self._anchor_cols = acols[acols >= 0]
         missing = [g for g in anchors if g not in self._node_index]
         if missing:
-            log.warning("%d training genes are not in the GO graph (no GO embedding): %s", len(missing), missing[:10])
+            log.warning("%d training genes are not in the gene graph (no graph embedding): %s", len(missing), missing[:10])
         M = self._A[:, self._anchor_cols]
         for _ in range(self.hops - 1):
             M = self._A @ M

@@ -17,7 +17,8 @@ the unmeasured pool. Strategies:
   of the members' predicted changes; the top ``batch`` scores.
 - ``iterpert``: k-center greedy in the feature space of the kernel ``K = mean(prior kernels) +
   model kernel`` (each kernel cosine-normalised to unit diagonal), distance
-  ``d(i, j)^2 = K_ii + K_jj - 2 K_ij``. Priors here: GO graph kernel (:func:`go_kernel`) and an
+  ``d(i, j)^2 = K_ii + K_jj - 2 K_ij``. Priors here: GO graph kernel (:func:`go_kernel`; on any
+  gene graph, e.g. a foundation model's, :func:`graph_kernel`) and an
   expression-similarity kernel (:func:`expression_kernel`); the model kernel is the cosine of the
   model's predicted changes (IterPert's "diff_effect" kernel).
 
@@ -131,6 +132,24 @@ def go_kernel(reach: sp.spmatrix) -> np.ndarray:
     norm = np.sqrt(np.asarray(r.multiply(r).sum(axis=1)).ravel())
     rn = sp.diags(1.0 / np.where(norm > 0, norm, 1.0)) @ r
     k = np.asarray((rn @ rn.T).todense())
+    np.fill_diagonal(k, 1.0)
+    return k
+
+
+def graph_kernel(graph, genes: Sequence[str], n_layers: int = 1) -> np.ndarray:
+    """:func:`go_kernel` of any gene graph in the order of ``genes``: cosine similarity of their rows of
+    ``P = A_hat^L`` (:class:`~netformer.select.greedy.Selector`); a gene absent from ``graph`` has
+    similarity 0 to every other gene and 1 to itself. ``graph``: a GeneGraph. Shape
+    (len(genes), len(genes)). Used for IterPert's graph prior on GO or on a foundation model's gene graph
+    (:mod:`netformer.select.priors`)."""
+    from .greedy import Selector
+
+    genes = [str(g) for g in genes]
+    k = np.zeros((len(genes), len(genes)))
+    if any(g in graph for g in genes):
+        sel = Selector(graph, genes, n_layers=n_layers, missing="drop")
+        rows = pd.Index(genes).get_indexer([str(g) for g in sel.pool.genes])
+        k[np.ix_(rows, rows)] = go_kernel(sel.reach)
     np.fill_diagonal(k, 1.0)
     return k
 

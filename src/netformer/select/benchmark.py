@@ -38,7 +38,7 @@ import pandas as pd
 from .._io import new_figure, save_figure
 from ..errors import ConfigError
 from ..graphs import GeneGraph
-from .active import STRATEGIES, ActiveConfig, go_kernel, run_active_learning
+from .active import STRATEGIES, ActiveConfig, go_kernel, graph_kernel, run_active_learning
 from .greedy import METHODS, Selector
 
 log = logging.getLogger(__name__)
@@ -65,13 +65,17 @@ class BenchmarkConfig:
     n_ensemble : BALD ensemble size. graph_noise : fractions of the selection graph's edges rewired
     (semi-synthetic; default (0.0,)); rewire : ``degree`` (degree-preserving swaps, default) or
     ``random``. Active learning runs at graph noise 0 only (random, coreset, TypiClust and BALD do not
-    use the graph; IterPert's GO prior kernel uses the selection graph). positive_control : add the
+    use the graph; IterPert's graph prior kernel does). positive_control : add the
     ``oracle`` one-shot method (semi-synthetic, default True). prior : name of the gene knowledge
-    behind the selection graph and prior kernel, written in every row (``go``; the hook for other
-    priors). ``fm`` / ``fm+go`` select on the foundation model's gene graph alone or united with GO
+    (``go``, ``fm``, ``fm+go``): the foundation model's gene graph alone or united with GO
     (:mod:`netformer.select.priors`), built from the checkpoint ``model_dir`` with ``fm_k`` neighbours;
     ``min_coverage``: fail (:class:`~netformer.select.priors.CoverageError`) when its dictionary covers
-    fewer candidates, instead of falling back to GO for them. blas_threads : BLAS threads during the
+    fewer candidates, instead of falling back to GO for them. prior_uses : where the prior's graph
+    replaces GO (default ``("selection",)``; any of ``selection`` = the one-shot selection graph,
+    ``kernel`` = IterPert's graph prior kernel, ``model`` = the gene graph of ridge / SGC / GEARS;
+    :data:`~netformer.select.priors.PRIOR_USES`); every use not named keeps GO (semi-synthetic: the
+    true graph). Rows carry :attr:`prior_label`: the prior, with its uses in brackets unless they are
+    the default (``fm``, ``fm[kernel]``, ``fm+go[model]``). blas_threads : BLAS threads during the
     run (default 1: the many small matrix products here are fastest single-threaded, and multi-threaded OpenBLAS slows down by ~40x on a loaded
     2-core machine); None leaves the library default.
     """
@@ -97,8 +101,14 @@ class BenchmarkConfig:
     model_dir: str | None = None
     fm_k: int = 20
     min_coverage: float | None = None
+    prior_uses: Sequence[str] = ("selection",)
 
     def __post_init__(self) -> None:
+        from .priors import PRIORS, check_prior_uses
+
+        if self.prior not in PRIORS:
+            raise ConfigError(f"prior must be one of {PRIORS}, got {self.prior!r}.")
+        self.prior_uses = check_prior_uses(self.prior_uses)
         if self.prior in ("fm", "fm+go") and self.model_dir is None:
             raise ConfigError(f"prior {self.prior!r} needs model_dir (the checkpoint whose gene embeddings "
                               "give the graph; CLI --model-dir).")
@@ -118,6 +128,17 @@ class BenchmarkConfig:
             raise ConfigError(f"graph_noise fractions must be in [0, 1], got {list(self.graph_noise)}.")
         if self.rewire not in ("degree", "random"):
             raise ConfigError(f"rewire must be 'degree' or 'random', not {self.rewire!r}.")
+
+    @property
+    def prior_label(self) -> str:
+        """The ``prior`` column of the results: ``go``, or the prior with its uses unless only selection."""
+        if self.prior == "go" or self.prior_uses == ("selection",):
+            return self.prior
+        return f"{self.prior}[{','.join(self.prior_uses)}]"
+
+    def uses(self, use: str) -> bool:
+        """Whether the prior's graph replaces GO for ``use`` (always False for prior ``go``)."""
+        return self.prior != "go" and use in self.prior_uses
 
     @property
     def model_names(self) -> list[str]:
@@ -140,7 +161,7 @@ class BenchmarkConfig:
     @classmethod
     def from_json(cls, text: str) -> "BenchmarkConfig":
         d = json.loads(text)
-        for k in ("seeds", "oneshot", "strategies", "models", "graph_noise", "budgets"):
+        for k in ("seeds", "oneshot", "strategies", "models", "graph_noise", "budgets", "prior_uses"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -179,16 +200,16 @@ def _jaccard(sets: list[set]) -> float:
 def run_benchmark(data, graph: GeneGraph, pool: Sequence[str], test: Sequence[str], config: BenchmarkConfig,
                   *, edges: pd.DataFrame | None = None, prior_kernels: dict | None = None,
                   setting: str = "real", orders: dict | None = None, cache: dict | None = None,
-                  graph_noise: float = 0.0) -> pd.DataFrame:
+                  graph_noise: float = 0.0, kernel_graph: GeneGraph | None = None) -> pd.DataFrame:
     """Run every model x method x seed x budget on one data set; return the long results table.
 
     Parameters
     ----------
     data : PerturbData holding the pool and test perturbations.
-    graph : GeneGraph used for one-shot selection and IterPert's GO prior kernel (the *selection*
-        graph; it may differ from the graph of ``edges``).
+    graph : GeneGraph used for one-shot selection (the *selection* graph; it may differ from the graph
+        of ``edges``) and, unless ``kernel_graph`` is given, IterPert's graph prior kernel.
     pool, test : condition names; pool genes absent from the graph are dropped (logged).
-    edges : edge DataFrame passed to graph-based models (default: the GO graph of the shared data folder).
+    edges : edge DataFrame or path passed to graph-based models (default: the GO graph of the shared data folder).
     prior_kernels : extra IterPert priors {name: (c, c)} in sorted pool order (the GO kernel is added).
     setting : label written in every row (e.g. ``SEMI-SYNTHETIC ...`` or ``real: devel.h5ad``).
     orders : extra one-shot orderings {method: [genes]} (e.g. the ``oracle`` positive control), each
@@ -196,6 +217,8 @@ def run_benchmark(data, graph: GeneGraph, pool: Sequence[str], test: Sequence[st
     cache : dict shared between calls on the same ``data`` and ``test`` (model fits keyed by model
         and training set); default a fresh one.
     graph_noise : fraction of rewired edges of ``graph`` (written in every row).
+    kernel_graph : GeneGraph of IterPert's graph prior kernel (:func:`~netformer.select.active.graph_kernel`
+        on the pool; named ``config.prior`` when ``config.uses("kernel")``, else ``go``).
 
     Returns
     -------
@@ -215,11 +238,11 @@ def run_benchmark(data, graph: GeneGraph, pool: Sequence[str], test: Sequence[st
 
     with threadpool_limits(limits=config.blas_threads, user_api="blas"):
         return _run_benchmark(data, graph, pool, test, config, edges, prior_kernels, setting, orders or {},
-                              {} if cache is None else cache, graph_noise)
+                              {} if cache is None else cache, graph_noise, kernel_graph)
 
 
 def _run_benchmark(data, graph, pool, test, config, edges, prior_kernels, setting, orders, cache,
-                   graph_noise) -> pd.DataFrame:
+                   graph_noise, kernel_graph) -> pd.DataFrame:
     from ..perturbseq.metrics import evaluate
     from .candidates import BudgetError
 
@@ -230,7 +253,7 @@ def _run_benchmark(data, graph, pool, test, config, edges, prior_kernels, settin
         raise BudgetError(f"largest budget {budgets[-1]} exceeds the pool of {len(pool)} perturbations in "
                           "the graph; lower the budgets (--initial/--rounds/--batch).")
     test = list(test)
-    base = dict(setting=setting, prior=config.prior, graph_noise=float(graph_noise), rewire=config.rewire)
+    base = dict(setting=setting, prior=config.prior_label, graph_noise=float(graph_noise), rewire=config.rewire)
     rows = []
     selections = {}
     for method in config.oneshot:
@@ -263,7 +286,9 @@ def _run_benchmark(data, graph, pool, test, config, edges, prior_kernels, settin
             log.info("%s one-shot %s seed %d done", model_name, method, seed)
         priors = None
         if "iterpert" in config.strategies:
-            priors = {"go": go_kernel(sel.reach), **(prior_kernels or {})}
+            name = config.prior if config.uses("kernel") else "go"
+            kern = go_kernel(sel.reach) if kernel_graph is None else graph_kernel(kernel_graph, pool, config.n_layers)
+            priors = {name: kern, **(prior_kernels or {})}
         for strategy in config.strategies:
             for seed in config.seeds:
                 acfg = ActiveConfig(strategy=strategy, schedule=tuple(budgets), seed=seed,
@@ -531,24 +556,25 @@ def benchmark_semisynthetic(config: BenchmarkConfig, synth_config=None, *, graph
     (:meth:`~netformer.select.synthetic.SemiSynthetic.draw`); for every ``config.graph_noise`` level
     ``x``: one-shot selection on the selection graph with ``x`` of its edges rewired
     (:func:`~netformer.select.synthetic.rewire_edges`, ``config.rewire``, seeded by the seed), while the
-    ground truth and the outcome models keep the true graph; the ``oracle`` positive control (if
-    ``config.positive_control``) and active learning (graph noise 0 only) as documented in
-    :class:`BenchmarkConfig`. ``selection_edges``: the selection graph before rewiring (default: the
-    true graph; default for ``config.prior`` ``fm`` / ``fm+go``: that prior's graph on the candidate genes
-    (GO = the true graph), made undirected like the true graph). Every row's
-    ``setting`` says SEMI-SYNTHETIC. Returns the long results table (:func:`run_benchmark` columns).
+    ground truth keeps the true graph; the ``oracle`` positive control (if ``config.positive_control``)
+    and active learning (graph noise 0 only) as documented in :class:`BenchmarkConfig`.
+
+    The graph of each use (:attr:`BenchmarkConfig.prior_uses`): the true graph, or for ``config.prior``
+    ``fm`` / ``fm+go`` and a named use, that prior's graph on the candidate genes (GO = the true graph),
+    made undirected like the true graph; ``selection_edges`` overrides the selection graph before
+    rewiring. The ground truth always keeps the true graph. Every row's ``setting`` says
+    SEMI-SYNTHETIC. Returns the long results table (:func:`run_benchmark` columns).
     """
     from .candidates import check_budget
-    from .synthetic import make_semisynthetic, rewire_edges
+    from .synthetic import make_semisynthetic, rewire_edges, undirected_edges
 
     truth = make_semisynthetic(synth_config, graph=graph)
     check_budget(config.schedule[-1], len(truth.pool))  # BudgetError before any work
     setting = semisynthetic_setting(truth)
     genes = list(truth.delta_true.index)
-    if selection_edges is None and config.prior != "go":   # made undirected on U, like the true graph
-        from .synthetic import undirected_edges
-
-        selection_edges = undirected_edges(GeneGraph.from_edges(_prior_edges(config, genes, truth.edges), genes))
+    prior_e = None
+    if config.prior != "go":   # made undirected on U, like the true graph
+        prior_e = undirected_edges(GeneGraph.from_edges(prior_edges(config, genes, truth.edges), genes))
     frames = []
     for seed in config.seeds:
         t0 = time.perf_counter()
@@ -557,14 +583,16 @@ def benchmark_semisynthetic(config: BenchmarkConfig, synth_config=None, *, graph
         orders = {ORACLE: oracle_order(ss, config.schedule[-1])} if config.positive_control else {}
         priors = _expression_prior(sorted(ss.pool)) if expression_prior and "iterpert" in config.strategies else None
         cache: dict = {}
-        base_edges = ss.edges if selection_edges is None else selection_edges
+        edges_for = {use: prior_e if config.uses(use) else ss.edges for use in ("selection", "kernel", "model")}
+        base_edges = edges_for["selection"] if selection_edges is None else selection_edges
+        kernel_graph = GeneGraph.from_edges(edges_for["kernel"], genes)
         for x in config.graph_noise:
             sel_edges = base_edges if x == 0 else rewire_edges(base_edges, x, seed=seed, method=config.rewire)
             sel_graph = GeneGraph.from_edges(sel_edges, genes)
             cfg = cfg1 if x == 0 else dataclasses.replace(cfg1, strategies=())
-            frames.append(run_benchmark(ss.data, sel_graph, ss.pool, ss.test, cfg, edges=ss.edges,
+            frames.append(run_benchmark(ss.data, sel_graph, ss.pool, ss.test, cfg, edges=edges_for["model"],
                                         prior_kernels=priors, setting=setting, orders=orders, cache=cache,
-                                        graph_noise=x))
+                                        graph_noise=x, kernel_graph=kernel_graph))
         log.info("semi-synthetic seed %d done in %.0fs", seed, time.perf_counter() - t0)
     return pd.concat(frames, ignore_index=True)
 
@@ -575,15 +603,17 @@ def benchmark_file(path: str | Path, config: BenchmarkConfig, *, graph_path: str
     """Run :func:`run_benchmark` on a REAL Perturb-seq file (GEARS ``perturb_processed.h5ad`` or
     scPerturb/perturbench h5ad, read by :func:`netformer.perturbseq.data.read_perturbseq`).
 
-    Pool = single-gene perturbations present in the graph; a seeded ``test_fraction`` of them plus
-    every double perturbation form the fixed test set. Raises :class:`ConfigError` if the schedule
-    does not fit the pool.
+    Pool = single-gene perturbations present in the GO graph (``graph_path``, default the shared
+    one); a seeded ``test_fraction`` of them plus every double perturbation form the fixed test set.
+    Each use named in ``config.prior_uses`` takes the prior's graph (:func:`prior_edges`) on these
+    singles; the others keep GO. Raises :class:`ConfigError` if the schedule does not fit the pool.
     """
-    from ..graphs import go_graph, load_edge_list
+    from ..graphs import go_graph
     from ..perturbseq.data import read_perturbseq
 
     data = read_perturbseq(path, subset=subset) if subset else read_perturbseq(path)
-    graph = load_edge_list(graph_path)
+    go_e = go_graph(graph_path)
+    graph = GeneGraph.from_edges(go_e)
     singles = sorted(c for c in data.singles if c in graph)
     if len(singles) < 2:
         raise ConfigError(f"{path}: fewer than 2 single perturbations are in the graph.")
@@ -593,15 +623,19 @@ def benchmark_file(path: str | Path, config: BenchmarkConfig, *, graph_path: str
     pool = sorted(set(singles) - set(test_s))
     test = test_s + sorted(data.doubles)
     priors = _expression_prior(pool) if expression_prior and "iterpert" in config.strategies else None
-    edges = go_graph(graph_path) if graph_path is not None else None
     setting = f"real: {Path(path).name}{' ' + str(subset) if subset else ''} ({len(pool)} pool / {len(test)} test)"
-    if config.prior != "go":   # select on the named prior's graph; the models keep GO
-        graph = GeneGraph.from_edges(_prior_edges(config, singles, go_graph(graph_path)))
-    return run_benchmark(data, graph, pool, test, config, edges=edges, prior_kernels=priors, setting=setting)
+    prior_e = prior_edges(config, singles, go_e) if config.prior != "go" else None
+    edges_for = {use: prior_e if config.uses(use) else go_e for use in ("selection", "kernel", "model")}
+    sel_graph = graph if edges_for["selection"] is go_e else GeneGraph.from_edges(edges_for["selection"])
+    kernel_graph = graph if edges_for["kernel"] is go_e else GeneGraph.from_edges(edges_for["kernel"])
+    model_edges = prior_e if config.uses("model") else graph_path   # a path: the models cache its operator
+    return run_benchmark(data, sel_graph, pool, test, config, edges=model_edges, prior_kernels=priors,
+                         setting=setting, kernel_graph=kernel_graph)
 
 
-def _prior_edges(config: BenchmarkConfig, candidates, go_edges: pd.DataFrame) -> pd.DataFrame:
-    """The selection graph of ``config.prior`` (:func:`~netformer.select.priors.selection_edges`)."""
+def prior_edges(config: BenchmarkConfig, candidates, go_edges: pd.DataFrame) -> pd.DataFrame:
+    """The graph of ``config.prior`` for ``candidates`` (:func:`~netformer.select.priors.selection_edges`
+    with the config's checkpoint, ``fm_k`` and ``min_coverage``), given the GO edges."""
     from .priors import selection_edges
 
     return selection_edges(config.prior, candidates, model=config.model_dir, go=go_edges, k=config.fm_k,

@@ -11,6 +11,18 @@
   (``max(cosine, Jaccard)``; both lie in [0, 1] and both graphs give self loops weight 1, so the
   maximum keeps that scale, while a mean would halve every edge that one graph lacks).
 
+Uses (``prior_uses`` of :class:`~netformer.select.benchmark.BenchmarkConfig`, CLI ``--prior-use``):
+where in experiment design the prior's graph replaces GO. Each use takes the same graph (the one
+:func:`selection_edges` returns for ``prior``); a use not named keeps GO.
+
+* ``selection``: the graph GraphReach / MaxSpec select on (default).
+* ``kernel``: IterPert's graph prior kernel, :func:`~netformer.select.active.graph_kernel` (cosine of
+  the candidates' rows of ``A_hat^L``) on the prior's graph instead of GO's.
+* ``model``: the gene graph of the outcome models: the perturbation embedding of
+  :class:`~netformer.perturbseq.models.RidgeModel` (rows of ``A_hat^L`` restricted to the measured
+  genes), the propagated one-hot features of :class:`~netformer.perturbseq.models.SGCModel`, and the
+  gene graph of the GEARS-style GNN (:class:`~netformer.perturbseq.gears.GEARSModel`).
+
 Coverage: a checkpoint's dictionary may hold few of the candidate genes (a model pretrained on other
 tissue, another species' ids, a small dictionary). :func:`selection_edges` logs how many candidates the
 FM graph covers; with ``prior="fm"`` the uncovered candidates keep their GO edges (every GO edge with
@@ -35,6 +47,16 @@ from ..graphs import EDGE_COLUMNS, embedding_graph, go_graph, restrict_edges
 log = logging.getLogger(__name__)
 
 PRIORS = ("go", "fm", "fm+go")
+PRIOR_USES = ("selection", "kernel", "model")
+
+
+def check_prior_uses(uses) -> tuple[str, ...]:
+    """``uses`` as a sorted-by-:data:`PRIOR_USES` tuple; :class:`ConfigError` when empty or unknown."""
+    uses = tuple(dict.fromkeys(map(str, uses)))
+    bad = [u for u in uses if u not in PRIOR_USES]
+    if bad or not uses:
+        raise ConfigError(f"prior uses must be a non-empty subset of {PRIOR_USES}, got {list(uses)}.")
+    return tuple(u for u in PRIOR_USES if u in uses)
 
 
 class CoverageError(GeneIdError):
