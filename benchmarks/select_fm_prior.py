@@ -7,7 +7,7 @@ random (``--seeds`` draws) at budgets 2, 4, 6, 8, 10, fits the ridge model (on G
 singles and scores the test set. A split is one paired observation of FM vs GO (GraphReach is
 deterministic given the graph).
 
-    OMP_NUM_THREADS=1 python benchmarks/select_fm_prior.py --model-dir benchmarks/results/tmp/encoder_1200 \
+    OMP_NUM_THREADS=1 python benchmarks/select_fm_prior.py --model-dir netformer_demo/cells/pretrain/model \
         --out benchmarks/results/select_fm_prior [--splits 10] [--seeds 5]
 
 Writes results.csv (every row of every run) and table.md (mean mse_top20_de over splits, paired
