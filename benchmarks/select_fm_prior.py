@@ -32,7 +32,9 @@ The other uses of the prior (issue 15 part 3) on the REAL devel set:
 * ``--use model``: the outcome models' gene graph, leave-one-perturbation-out: for each of the 18 norman19
   singles, ridge / SGC / GEARS fitted on the other 17 singles with the GO, FM or FM+GO graph
   (:func:`netformer.select.benchmark.prior_edges`) predict the held-out one; fitted on all 18 they
-  predict the 15 doubles. Paired over perturbations (FM - GO), Wilcoxon p, BH q over the table;
+  predict the 15 doubles; ridge also with the FM static embeddings themselves as its perturbation
+  embedding (``RidgeModel(pert_embedding=embedding_table(fm_embeddings(DIR)))``, "fm embedding").
+  Paired over perturbations (each against GO), Wilcoxon p, BH q over the table;
   table_model.md and results_model.csv. ``--gears-epochs`` (default 5) keeps GEARS on a CPU budget.
 """
 
@@ -113,10 +115,12 @@ def leave_one_out(args) -> None:
     import time
 
     from netformer.datasets import shared_data_dir
-    from netformer.graphs import go_graph
+    from netformer.graphs import embedding_table, go_graph
     from netformer.perturbseq.data import read_perturbseq
     from netformer.perturbseq.metrics import evaluate
+    from netformer.perturbseq.models import RidgeModel
     from netformer.select.benchmark import BenchmarkConfig, bh_qvalues, model_factory, paired_test, prior_edges
+    from netformer.select.priors import fm_embeddings
 
     data = read_perturbseq(args.data or shared_data_dir() / "perturbseq" / "devel.h5ad", subset={"dataset": "norman19"})
     go_e = go_graph(None)
@@ -124,52 +128,47 @@ def leave_one_out(args) -> None:
     graphs = {"go": go_e}
     for prior in ("fm", "fm+go"):
         graphs[prior] = prior_edges(BenchmarkConfig(prior=prior, model_dir=args.model_dir), singles, go_e)
+    table = embedding_table(fm_embeddings(args.model_dir))
+    covered = [g for g in singles if g in table.index]
+    logging.info("FM embeddings as ridge features: %d of %d singles have one (the others get P = 0)",
+                 len(covered), len(singles))
     options = {"gears": {"epochs": args.gears_epochs}}
+    runs = [(m, p, model_factory(m, e, 1, options.get(m))) for m in ("ridge", "sgc", "gears") for p, e in graphs.items()]
+    runs.insert(3, ("ridge", "fm embedding", lambda: RidgeModel(pert_embedding=table)))
     rows = []
-    for model in ("ridge", "sgc", "gears"):
-        for prior, edges in graphs.items():
-            factory = model_factory(model, edges, 1, options.get(model))
-            t0 = time.perf_counter()
-            folds = [([s for s in singles if s != held], [held], "single") for held in singles]
-            folds.append((singles, sorted(data.doubles), "double"))
-            for train, test, kind in folds:
-                scores = evaluate(factory().fit(data, train), data, test).drop(index="mean")
-                for cond, r in scores.iterrows():
-                    rows.append(dict(model=model, prior=prior, kind=kind, condition=cond,
-                                     mse_top20_de=r["mse_top20_de"], pearson_delta=r["pearson_delta"]))
-            logging.info("%s on %s: %d fits in %.0f s", model, prior, len(folds), time.perf_counter() - t0)
+    for model, prior, factory in runs:
+        t0 = time.perf_counter()
+        folds = [([s for s in singles if s != held], [held], "single") for held in singles]
+        folds.append((singles, sorted(data.doubles), "double"))
+        for train, test, kind in folds:
+            scores = evaluate(factory().fit(data, train), data, test).drop(index="mean")
+            for cond, r in scores.iterrows():
+                rows.append(dict(model=model, prior=prior, kind=kind, condition=cond,
+                                 mse_top20_de=r["mse_top20_de"], pearson_delta=r["pearson_delta"]))
+        logging.info("%s on %s: %d fits in %.0f s", model, prior, len(folds), time.perf_counter() - t0)
     res = pd.DataFrame(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     res.to_csv(args.out / "results_model.csv", index=False)
     per = res.set_index(["model", "kind", "prior", "condition"]).sort_index()
     t = []
-    for (model, kind), _ in res.groupby(["model", "kind"], sort=False):
-        row = {"model": model, "kind": kind}
+    for (model, kind, prior), _ in res.groupby(["model", "kind", "prior"], sort=False):
+        if prior == "go":
+            continue
         go = per.loc[(model, kind, "go")]
-        row["n"] = len(go)
         for metric in ("mse_top20_de", "pearson_delta"):
-            row[f"go {metric}"] = go[metric].mean()
-            for p in ("fm", "fm+go"):
-                x = per.loc[(model, kind, p)][metric]
-                row[f"{p} {metric}"] = x.mean()
-                row[f"{p}-go {metric}"] = (x - go[metric]).mean()
-                row[f"p {p} {metric}"] = paired_test(x.to_numpy(), go[metric].to_numpy())
-        t.append(row)
+            x = per.loc[(model, kind, prior)][metric]
+            t.append(dict(model=model, kind=kind, n=len(go), metric=metric, prior=prior, go=go[metric].mean(),
+                          value=x.mean(), diff=(x - go[metric]).mean(),
+                          p=paired_test(x.to_numpy(), go[metric].to_numpy())))
     t = pd.DataFrame(t)
-    pcols = [c for c in t if c.startswith("p ")]
-    q = bh_qvalues(t[pcols].to_numpy().ravel()).reshape(len(t), len(pcols))
-    for j, c in enumerate(pcols):
-        t["q" + c[1:]] = q[:, j]
-    lines = ["| model | held out | n | metric | GO | FM | FM+GO | FM - GO (q) | FM+GO - GO (q) |", "|---" * 9 + "|"]
-    for _, d in t.iterrows():
-        for metric in ("mse_top20_de", "pearson_delta"):
-            lines.append(f"| {d['model']} | {d['kind']}s | {d['n']} | {metric} | {d[f'go {metric}']:.4f} | "
-                         f"{d[f'fm {metric}']:.4f} | {d[f'fm+go {metric}']:.4f} | "
-                         f"{d[f'fm-go {metric}']:+.4f} ({d[f'q fm {metric}']:.3f}) | "
-                         f"{d[f'fm+go-go {metric}']:+.4f} ({d[f'q fm+go {metric}']:.3f}) |")
-    table = "\n".join(lines)
-    (args.out / "table_model.md").write_text(table + "\n")
-    print(table)
+    t["q"] = bh_qvalues(t["p"].to_numpy())
+    lines = ["| model | held out | n | metric | gene knowledge | GO | it | it - GO (q) |", "|---" * 8 + "|"]
+    for d in t.itertuples():
+        lines.append(f"| {d.model} | {d.kind}s | {d.n} | {d.metric} | {d.prior} | {d.go:.4f} | {d.value:.4f} | "
+                     f"{d.diff:+.4f} ({d.q:.3f}) |")
+    text = "\n".join(lines)
+    (args.out / "table_model.md").write_text(text + "\n")
+    print(text)
 
 
 def compare(runs: Path, out: Path, method: str = "graphreach", use: str = "selection") -> None:

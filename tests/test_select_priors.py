@@ -70,6 +70,25 @@ def test_static_embeddings_and_lazy_equals_plain_greedy_on_fm_graph(static, tiny
         np.testing.assert_allclose(lazy.objective, plain.objective)
 
 
+def test_embedding_table_by_symbol_matches_the_graph_nodes(static):
+    from netformer.graphs import embedding_table
+    from netformer.errors import InputDataError
+
+    emb = static[1]
+    table = embedding_table(emb)
+    dims = [c for c in emb.columns if c.startswith("dim_")]
+    assert table.index.is_unique and list(table.columns) == dims
+    first = emb[emb["symbol"].notna()].drop_duplicates("symbol")      # first row of each symbol
+    assert len(table) == len(first)
+    np.testing.assert_array_equal(table.to_numpy(), first[dims].to_numpy(np.float64))
+    g = embedding_graph(emb.iloc[:300], k=5)
+    assert set(g["source"]) | set(g["target"]) <= set(embedding_table(emb.iloc[:300]).index)
+    by_id = embedding_table(emb, names="index")
+    assert by_id.index.equals(emb.index.astype(str).rename("gene"))
+    with pytest.raises(InputDataError, match="dim_"):
+        embedding_table(emb[["symbol"]])
+
+
 def _go_like(covered):
     """A small GO-style graph over 6 covered genes and 2 genes no dictionary holds."""
     genes = list(covered) + ["NOTAGENE1", "NOTAGENE2"]

@@ -56,6 +56,7 @@ __all__ = [
     "default_gene2go_path",
     "default_go_graph_path",
     "embedding_graph",
+    "embedding_table",
     "gcn_normalize",
     "go_graph",
     "go_graph_from_annotations",
@@ -579,6 +580,51 @@ def coexpression_graph(
 # --------------------------------------------------------------------------------------------
 # embedding (foundation-model) graph
 # --------------------------------------------------------------------------------------------
+def _embedding_rows(embeddings, genes, names) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (float64, finite) and node names of a gene embedding table or array: the one reading of
+    :func:`embedding_graph` and :func:`embedding_table` (errors as :func:`embedding_graph`)."""
+    if isinstance(embeddings, pd.DataFrame):
+        if names not in ("symbol", "index"):
+            raise InputDataError(f"names must be 'symbol' or 'index', not {names!r}.")
+        dims = [c for c in embeddings.columns if str(c).startswith("dim_")]
+        if not dims:
+            raise InputDataError("the embedding table has no dim_* columns (see netformer.embed.gene_embeddings).")
+        if names == "symbol":
+            if "symbol" not in embeddings:
+                raise InputDataError("the embedding table has no 'symbol' column; pass names='index'.")
+            sym = embeddings["symbol"]
+            ok = sym.notna().to_numpy() & ~sym.astype(str).duplicated().to_numpy()
+            if (~ok).any():
+                log.info("gene embeddings: %d of %d genes dropped (no symbol, or a symbol already taken)",
+                         int((~ok).sum()), len(ok))
+            X, node_names = embeddings.loc[ok, dims].to_numpy(np.float64), sym[ok].astype(str).to_numpy()
+        else:
+            X, node_names = embeddings[dims].to_numpy(np.float64), embeddings.index.astype(str).to_numpy()
+    else:
+        X = np.asarray(embeddings, dtype=np.float64)
+        if genes is None or X.ndim != 2 or len(genes) != len(X):
+            raise InputDataError("an embedding array needs shape (n_genes, dims) and genes= of length n_genes.")
+        node_names = np.asarray([str(g) for g in genes], dtype=object)
+    if not np.all(np.isfinite(X)):
+        raise InputDataError("gene embeddings hold non-finite values.")
+    return X, node_names
+
+
+def embedding_table(embeddings: pd.DataFrame, names: str = "symbol") -> pd.DataFrame:
+    """Gene embeddings as a plain table (genes x dims, float64), indexed by gene symbol or by the table's index.
+
+    With ``names="symbol"``, rows without a symbol are dropped and of several rows with one symbol the
+    first is kept, as in :func:`embedding_graph`. With ``names="index"`` the table's index is used.
+    ``embeddings`` is a :func:`netformer.embed.gene_embeddings` table. The result is the shape that
+    :class:`~netformer.perturbseq.models.RidgeModel` takes as its perturbation embedding
+    (``pert_embedding``). Raises :class:`InputDataError` as :func:`embedding_graph`."""
+    if not isinstance(embeddings, pd.DataFrame):
+        raise InputDataError("embedding_table needs a gene embedding DataFrame (netformer.embed.gene_embeddings).")
+    X, node_names = _embedding_rows(embeddings, None, names)
+    dims = [c for c in embeddings.columns if str(c).startswith("dim_")]
+    return pd.DataFrame(X, index=pd.Index(node_names.astype(str), name="gene"), columns=dims)
+
+
 def embedding_graph(
     embeddings: pd.DataFrame | np.ndarray,
     k: int = 20,
@@ -632,30 +678,7 @@ def embedding_graph(
     if isinstance(k, bool) or int(k) != k or k < 1 or not -1 <= min_similarity < 1:
         raise InputDataError(f"need an integer k >= 1 and -1 <= min_similarity < 1, got k={k}, "
                              f"min_similarity={min_similarity}.")
-    if isinstance(embeddings, pd.DataFrame):
-        if names not in ("symbol", "index"):
-            raise InputDataError(f"names must be 'symbol' or 'index', not {names!r}.")
-        dims = [c for c in embeddings.columns if str(c).startswith("dim_")]
-        if not dims:
-            raise InputDataError("the embedding table has no dim_* columns (see netformer.embed.gene_embeddings).")
-        if names == "symbol":
-            if "symbol" not in embeddings:
-                raise InputDataError("the embedding table has no 'symbol' column; pass names='index'.")
-            sym = embeddings["symbol"]
-            ok = sym.notna().to_numpy() & ~sym.astype(str).duplicated().to_numpy()
-            if (~ok).any():
-                log.info("embedding graph: %d of %d genes dropped (no symbol, or a symbol already taken)",
-                         int((~ok).sum()), len(ok))
-            X, node_names = embeddings.loc[ok, dims].to_numpy(np.float64), sym[ok].astype(str).to_numpy()
-        else:
-            X, node_names = embeddings[dims].to_numpy(np.float64), embeddings.index.astype(str).to_numpy()
-    else:
-        X = np.asarray(embeddings, dtype=np.float64)
-        if genes is None or X.ndim != 2 or len(genes) != len(X):
-            raise InputDataError("an embedding array needs shape (n_genes, dims) and genes= of length n_genes.")
-        node_names = np.asarray([str(g) for g in genes], dtype=object)
-    if not np.all(np.isfinite(X)):
-        raise InputDataError("gene embeddings hold non-finite values.")
+    X, node_names = _embedding_rows(embeddings, genes, names)
     zero = np.linalg.norm(X, axis=1) == 0
     if zero.any():
         log.warning("embedding graph: %d zero embedding vectors dropped (no cosine similarity)", int(zero.sum()))

@@ -77,23 +77,31 @@ class Coverage:
         return self.n_covered / self.n_candidates if self.n_candidates else float("nan")
 
 
+def fm_embeddings(model, vocab=None) -> pd.DataFrame:
+    """The static gene embeddings of ``model`` (a model directory or a loaded Bert model; ``vocab`` for
+    a checkpoint without its dictionary): :func:`netformer.embed.static_gene_embeddings`, indexed by
+    Ensembl id with a ``symbol`` column. For a table by symbol (e.g. RidgeModel's ``pert_embedding``)
+    pass it to :func:`netformer.graphs.embedding_table`. Raises :class:`ConfigError` for ``model=None``,
+    and the errors of :func:`netformer.model.load_model` / :func:`~netformer.embed.static_gene_embeddings`."""
+    if model is None:
+        raise ConfigError("the fm prior needs a model (--model-dir DIR) or a gene embedding table.")
+    from ..embed import static_gene_embeddings
+
+    if isinstance(model, (str, os.PathLike)):
+        from ..model import load_model
+
+        model = load_model(model, kind="base", device="cpu")
+    return static_gene_embeddings(model, vocab)
+
+
 def fm_edges(model=None, *, embeddings: pd.DataFrame | None = None, k: int = 20, vocab=None,
              min_similarity: float = 0.0) -> pd.DataFrame:
     """The foundation model's gene graph in symbols: :func:`~netformer.graphs.embedding_graph` of
     ``embeddings`` (a :func:`netformer.embed.gene_embeddings` table) or, by default, of the static
-    gene embeddings of ``model`` (a model directory or loaded Bert model; ``vocab`` for a checkpoint
-    without its dictionary). Raises :class:`ConfigError` when neither is given, and the errors of
-    :func:`netformer.model.load_model` / :func:`netformer.embed.static_gene_embeddings`."""
+    gene embeddings of ``model`` (:func:`fm_embeddings`). Raises :class:`ConfigError` when neither is
+    given, and the errors of :func:`fm_embeddings`."""
     if embeddings is None:
-        if model is None:
-            raise ConfigError("the fm prior needs a model (--model-dir DIR) or a gene embedding table.")
-        from ..embed import static_gene_embeddings
-
-        if isinstance(model, (str, os.PathLike)):
-            from ..model import load_model
-
-            model = load_model(model, kind="base", device="cpu")
-        embeddings = static_gene_embeddings(model, vocab)
+        embeddings = fm_embeddings(model, vocab)
     return embedding_graph(embeddings, k, names="symbol", min_similarity=min_similarity)
 
 
