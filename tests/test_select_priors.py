@@ -134,7 +134,7 @@ def test_cli_fm_prior(static, tiny_pretrained, tmp_path, capsys):
     assert len(sel) == 3
 
 
-def test_prior_uses_replace_go_only_where_named(tiny_pretrained):
+def test_prior_uses_replace_go_only_where_named(tiny_pretrained, caplog):
     """On the real Norman 2019 devel cells: ``kernel`` changes only IterPert's graph kernel, ``model``
     only the outcome model's gene graph; each equals the same step done by hand with the FM graph."""
     from netformer.datasets import shared_data_dir
@@ -183,6 +183,11 @@ def test_prior_uses_replace_go_only_where_named(tiny_pretrained):
         BenchmarkConfig(**fm, prior_uses=("graph",))
     cfg = BenchmarkConfig(**kw, **fm, prior_uses=("model", "selection"))
     assert cfg.prior_uses == ("selection", "model") and BenchmarkConfig.from_json(cfg.to_json()) == cfg
+    assert BenchmarkConfig(**fm, prior_uses="kernel").prior_uses == ("kernel",)   # a bare name, not letters
+    idle = BenchmarkConfig(**{**kw, "strategies": ("random",)}, **fm, prior_uses=("kernel",), models=("additive",))
+    with caplog.at_level(logging.WARNING, logger="netformer.select.benchmark"):
+        idle.warn_idle_uses()
+    assert "['kernel'] change nothing here" in caplog.text
 
 
 def _test_singles(singles, seed=0, fraction=0.2):

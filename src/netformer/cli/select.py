@@ -133,7 +133,7 @@ def benchmark(
     strategy: Annotated[List[Strategy], typer.Option(help="Active-learning strategy; repeat (default: "
                                                           "all).")] = [],
     graph_noise: Annotated[List[float], typer.Option(help="Semi-synthetic: fraction of the selection graph's edges "
-                                                          "rewired (truth and models keep the true graph); repeat "
+                                                          "rewired (the truth and, unless --prior-use model, the models keep the true graph); repeat "
                                                           "(default 0).")] = [],
     rewire: Annotated[Rewire, typer.Option(help="Rewiring: degree-preserving double-edge swaps or random "
                                                 "endpoints.")] = "degree",

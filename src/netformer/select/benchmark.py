@@ -6,7 +6,8 @@ trained on the chosen ones at each budget, and scored on the held-out test pertu
 methods need 1 lab round (all budgets are prefixes of one ordering); active learning needs one per
 budget. On the SEMI-SYNTHETIC set (:mod:`.synthetic`) a seed is one draw of the test split and the
 measurement noise; one-shot selection can run on a graph with a fraction of its edges rewired
-(``graph_noise``) while the ground truth and the models keep the true graph, and a positive control
+(``graph_noise``) while the ground truth and the models keep the true graph (unless the models take a
+foundation model's graph, ``prior_uses``), and a positive control
 (``oracle``: test-aware V-optimal design on the SGC features of the TRUE graph,
 :class:`~netformer.select.criteria.OracleVariance`) shows whether the benchmark can separate methods.
 
@@ -136,6 +137,18 @@ class BenchmarkConfig:
             return self.prior
         return f"{self.prior}[{','.join(self.prior_uses)}]"
 
+    def warn_idle_uses(self) -> None:
+        """Log a warning for each named prior use that has nothing to act on in this run (``kernel`` without
+        the iterpert strategy, ``model`` without a graph model); called once per benchmark run."""
+        if self.prior == "go":
+            return
+        idle = [u for u, needs in (("kernel", "iterpert" in self.strategies),
+                                   ("model", bool({"ridge", "sgc", "gears"} & set(self.model_names))))
+                if u in self.prior_uses and not needs]
+        if idle:
+            log.warning("prior use(s) %s change nothing here (kernel needs the iterpert strategy, model a "
+                        "graph model: ridge, sgc or gears)", idle)
+
     def uses(self, use: str) -> bool:
         """Whether the prior's graph replaces GO for ``use`` (always False for prior ``go``)."""
         return self.prior != "go" and use in self.prior_uses
@@ -210,7 +223,8 @@ def run_benchmark(data, graph: GeneGraph, pool: Sequence[str], test: Sequence[st
         of ``edges``) and, unless ``kernel_graph`` is given, IterPert's graph prior kernel.
     pool, test : condition names; pool genes absent from the graph are dropped (logged).
     edges : edge DataFrame or path passed to graph-based models (default: the GO graph of the shared data folder).
-    prior_kernels : extra IterPert priors {name: (c, c)} in sorted pool order (the GO kernel is added).
+    prior_kernels : extra IterPert priors {name: (c, c)} in sorted pool order (the graph kernel of
+        ``kernel_graph`` is added).
     setting : label written in every row (e.g. ``SEMI-SYNTHETIC ...`` or ``real: devel.h5ad``).
     orders : extra one-shot orderings {method: [genes]} (e.g. the ``oracle`` positive control), each
         at least as long as the largest budget.
@@ -570,6 +584,7 @@ def benchmark_semisynthetic(config: BenchmarkConfig, synth_config=None, *, graph
 
     truth = make_semisynthetic(synth_config, graph=graph)
     check_budget(config.schedule[-1], len(truth.pool))  # BudgetError before any work
+    config.warn_idle_uses()
     setting = semisynthetic_setting(truth)
     genes = list(truth.delta_true.index)
     prior_e = None
@@ -611,6 +626,7 @@ def benchmark_file(path: str | Path, config: BenchmarkConfig, *, graph_path: str
     from ..graphs import go_graph
     from ..perturbseq.data import read_perturbseq
 
+    config.warn_idle_uses()
     data = read_perturbseq(path, subset=subset) if subset else read_perturbseq(path)
     go_e = go_graph(graph_path)
     graph = GeneGraph.from_edges(go_e)
@@ -628,7 +644,8 @@ def benchmark_file(path: str | Path, config: BenchmarkConfig, *, graph_path: str
     edges_for = {use: prior_e if config.uses(use) else go_e for use in ("selection", "kernel", "model")}
     sel_graph = graph if edges_for["selection"] is go_e else GeneGraph.from_edges(edges_for["selection"])
     kernel_graph = graph if edges_for["kernel"] is go_e else GeneGraph.from_edges(edges_for["kernel"])
-    model_edges = prior_e if config.uses("model") else graph_path   # a path: the models cache its operator
+    # the shared default GO graph as None: the models' operator cache then holds across calls
+    model_edges = prior_e if config.uses("model") else (go_e if graph_path is not None else None)
     return run_benchmark(data, sel_graph, pool, test, config, edges=model_edges, prior_kernels=priors,
                          setting=setting, kernel_graph=kernel_graph)
 

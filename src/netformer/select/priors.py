@@ -52,7 +52,7 @@ PRIOR_USES = ("selection", "kernel", "model")
 
 def check_prior_uses(uses) -> tuple[str, ...]:
     """``uses`` as a sorted-by-:data:`PRIOR_USES` tuple; :class:`ConfigError` when empty or unknown."""
-    uses = tuple(dict.fromkeys(map(str, uses)))
+    uses = tuple(dict.fromkeys(map(str, (uses,) if isinstance(uses, str) else uses)))
     bad = [u for u in uses if u not in PRIOR_USES]
     if bad or not uses:
         raise ConfigError(f"prior uses must be a non-empty subset of {PRIOR_USES}, got {list(uses)}.")
