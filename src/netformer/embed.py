@@ -32,8 +32,7 @@ from .distributed import barrier, my_chunks
 from .distributed import init as init_world
 from .encoder import (
     POOLINGS,
-    base_model,
-    check_dataset,
+    encoder_and_dictionary,
     input_ids_of,
     iter_hidden,
     n_kept_layers,
@@ -41,7 +40,7 @@ from .encoder import (
     special_tensor,
 )
 from .errors import ConfigError
-from .genes import GeneVocab, resolve_vocab
+from .genes import GeneVocab
 from .precision import PRECISIONS
 from .runs import (
     done_pieces,
@@ -107,10 +106,7 @@ class EmbeddingConfig:
 def _encoder_inputs(model, dataset, vocab, cfg: EmbeddingConfig):
     """Resolve the vocabulary (the one policy), check the cells against the model, give the special
     ids excluded from pooling."""
-    base = base_model(model)
-    vocab = resolve_vocab(model, dataset, vocab, model_config={"vocab_size": base.config.vocab_size,
-                                                              "pad_token_id": base.config.pad_token_id})
-    check_dataset(dataset, base.config.vocab_size)
+    base, vocab = encoder_and_dictionary(model, dataset, vocab)
     seqs = input_ids_of(dataset)
     n_kept_layers(base, cfg.layer)
     return base, vocab, seqs
@@ -253,9 +249,7 @@ def static_gene_embeddings(model, vocab: GeneVocab | None = None) -> pd.DataFram
     DictionaryError
         No dictionary can be resolved, or its size differs from the model's ``vocab_size``.
     """
-    base = base_model(model)
-    vocab = resolve_vocab(model, None, vocab, model_config={"vocab_size": base.config.vocab_size,
-                                                           "pad_token_id": base.config.pad_token_id})
+    base, vocab = encoder_and_dictionary(model, None, vocab)
     genes = vocab.genes
     ids = torch.as_tensor([vocab.token_dict[g] for g in genes], dtype=torch.long)
     with torch.inference_mode():

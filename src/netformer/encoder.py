@@ -5,6 +5,8 @@
 - :func:`length_sorted_batches`, :func:`pad_batch`: length-sorted batches with right padding.
 - :func:`pool`: mean over gene tokens (special tokens and padding excluded) or the ``<cls>`` state.
 - :func:`check_dataset`: the one dataset-vs-model check.
+- :func:`encoder_and_dictionary`, :func:`load_encoder`: a model with its token dictionary (the one
+  policy, :func:`netformer.genes.resolve_vocab`), checked against the model and the cells.
 - :func:`default_device`, :func:`model_device`: the one device rule.
 - :func:`iter_hidden`: hidden states of many cells in length-sorted batches.
 - :func:`layer_forward`: one BERT encoder layer on the model's own weights, with key biases and,
@@ -209,6 +211,45 @@ def input_ids_of(dataset) -> list:
             raise InputDataError("the dataset has no input_ids column; tokenize it with netformer tokenize first")
         return dataset["input_ids"]
     return list(dataset)
+
+
+def encoder_and_dictionary(model, dataset=None, vocab=None):
+    """``(base, vocab)``: the ``BertModel`` of a loaded ``model`` (:func:`base_model`) and its token
+    dictionary by the one policy (:func:`netformer.genes.resolve_vocab`: the model's own, else
+    ``vocab``, else the one ``dataset`` was tokenized with), checked against the encoder's
+    ``vocab_size`` and pad id; with ``dataset``, its cells are checked too (:func:`check_dataset`).
+
+    Raises
+    ------
+    DictionaryError
+        No dictionary, or one that disagrees with the model or the cells.
+    InputDataError
+        As :func:`check_dataset`.
+    """
+    from .genes import resolve_vocab
+
+    base = base_model(model)
+    vocab = resolve_vocab(model, dataset, vocab, model_config={"vocab_size": base.config.vocab_size,
+                                                              "pad_token_id": base.config.pad_token_id})
+    if dataset is not None:
+        check_dataset(dataset, base.config.vocab_size)
+    return base, vocab
+
+
+def load_encoder(model, dataset=None, vocab=None, device=None):
+    """``(base, vocab, device)`` of a cell job: ``model`` (a loaded model, or a directory loaded with
+    :func:`netformer.model.load_model` onto ``device``), its dictionary and checks as
+    :func:`encoder_and_dictionary`, and the one device of the run (:func:`model_device`). Errors as
+    :func:`netformer.model.load_model` and :func:`encoder_and_dictionary`."""
+    import os
+
+    if isinstance(model, (str, os.PathLike)):
+        from .model import load_model
+
+        model = load_model(model, kind="base", device=device)
+    dev = model_device(base_model(model), device)
+    base, vocab = encoder_and_dictionary(model, dataset, vocab)
+    return base, vocab, dev
 
 
 def check_dataset(dataset, vocab_size: int, what: str = "the dataset") -> None:

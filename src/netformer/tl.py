@@ -38,15 +38,13 @@ def _unique_names(adata) -> None:
 
 def _model_and_vocab(model, vocab, subfolder, device):
     """(loaded encoder, its dictionary, a printable model name, tokens per cell)."""
-    from .encoder import base_model
-    from .genes import resolve_vocab
+    from .encoder import encoder_and_dictionary
     from .model import load_model, model_input_size
 
     name = str(model) + (f"/{subfolder}" if subfolder else "")
     if isinstance(model, (str, Path)):
         model = load_model(model, kind="base", device=device, subfolder=subfolder)
-    base = base_model(model)
-    vocab = resolve_vocab(model, None, vocab)
+    base, vocab = encoder_and_dictionary(model, None, vocab)
     size = model_input_size(base.name_or_path) if base.name_or_path else base.config.max_position_embeddings
     return base, vocab, name, size
 

@@ -137,13 +137,11 @@ def attention_network(model, dataset, config: NetworkConfig | None = None, vocab
     DictionaryError
         Model and cells disagree.
     """
-    from ..perturb.run import (
-        _load,  # the one model + dictionary + device resolution of a cell job
-    )
+    from ..encoder import load_encoder
     from ..precision import inference_model, resolve_precision
 
     cfg = config or NetworkConfig()
-    base, vocab, dev = _load(model, dataset, vocab, cfg.device)
+    base, vocab, dev = load_encoder(model, dataset, vocab, cfg.device)
     layers, heads = resolve_layers_heads(base, cfg)
     cells = network_cells(dataset, cfg)
     max_len = min(cfg.max_length or base.config.max_position_embeddings, base.config.max_position_embeddings)

@@ -43,10 +43,9 @@ import pandas as pd
 from .._io import atomic_file, check_output, replace_dir
 from ..distributed import barrier, my_chunks, world
 from ..distributed import init as init_world
-from ..encoder import POOLINGS, base_model, check_dataset, model_device, n_kept_layers
+from ..encoder import POOLINGS, load_encoder, n_kept_layers
 from ..errors import ConfigError, GeneIdError, InputDataError
-from ..genes import GeneVocab, resolve_vocab
-from ..model import load_model
+from ..genes import GeneVocab
 from ..precision import PRECISIONS, inference_model, resolve_precision
 from ..progress import progress
 from ..runs import done_pieces, mark_done, open_shared_run, parameters_digest, tokens_digest, write_json
@@ -206,19 +205,6 @@ class PerturbResult:
 
 
 # ------------------------------------------------------------------------------------------------
-def _load(model, dataset, vocab: GeneVocab | None, device):
-    """The encoder, its dictionary (the one policy, :func:`netformer.genes.resolve_vocab`) and the one
-    device of the run (:func:`netformer.encoder.model_device`); the cells are checked against the model."""
-    if isinstance(model, (str, Path)):
-        model = load_model(model, kind="base", device=device)
-    base = base_model(model)
-    dev = model_device(base, device)
-    vocab = resolve_vocab(model, dataset, vocab, model_config={"vocab_size": base.config.vocab_size,
-                                                              "pad_token_id": base.config.pad_token_id})
-    check_dataset(dataset, base.config.vocab_size)
-    return base, vocab, dev
-
-
 def _label(tokens: Sequence[int], vocab: GeneVocab) -> str:
     return "+".join(vocab.token_to_gene(t) for t in tokens)
 
@@ -364,7 +350,7 @@ def perturb(
         Model and dataset (or vocabulary) disagree.
     """
     cfg = config or PerturbConfig()
-    base, vocab, device = _load(model, dataset, vocab, cfg.device)
+    base, vocab, device = load_encoder(model, dataset, vocab, cfg.device)
     n_kept_layers(base, cfg.layer)
     # the caller's config is left as given; this run's copy carries the effective input length
     cfg = replace(cfg, max_length=min(cfg.max_length or base.config.max_position_embeddings,
