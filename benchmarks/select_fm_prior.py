@@ -48,6 +48,11 @@ import numpy as np
 import pandas as pd
 
 
+def _prior_name(labels: pd.Series) -> pd.Series:
+    """The prior of a row's ``prior`` label without its uses: ``fm[kernel]`` -> ``fm``."""
+    return labels.str.replace(r"\[.*\]$", "", regex=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir")
@@ -64,10 +69,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.compare is not None:
         return compare(args.compare, args.out, args.method, args.use)
-    if args.use == "model":
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        return leave_one_out(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.use == "model":
+        return leave_one_out(args)
     from scipy.stats import wilcoxon
 
     from netformer.datasets import shared_data_dir
@@ -89,7 +93,7 @@ def main() -> None:
             res["split"] = split
             frames.append(res)
     res = pd.concat(frames, ignore_index=True)
-    res["prior"] = res["prior"].str.replace(r"\[.*\]$", "", regex=True)   # fm[kernel] -> fm
+    res["prior"] = _prior_name(res["prior"])
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "_kernel" if kernel else ""
     res.to_csv(args.out / f"results{suffix}.csv", index=False)
@@ -178,7 +182,7 @@ def compare(runs: Path, out: Path, method: str = "graphreach", use: str = "selec
         return pd.read_csv(d / "results.csv" if (d / "results.csv").exists() else d / "results.csv.gz")
 
     res = pd.concat([read(runs / p) for p in ("go", "fm", "fm+go")], ignore_index=True)
-    res["prior"] = res["prior"].str.replace(r"\[.*\]$", "", regex=True)   # fm[kernel] -> fm
+    res["prior"] = _prior_name(res["prior"])
     res = res[(res["method"] == method) & (res["kind"] == ("one-shot" if method == "graphreach" else "active"))]
     per = res.set_index(["model", "budget", "prior", "seed"])["mse_top20_de"].sort_index()
     rows = []

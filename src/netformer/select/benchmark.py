@@ -149,6 +149,13 @@ class BenchmarkConfig:
             log.warning("prior use(s) %s change nothing here (kernel needs the iterpert strategy, model a "
                         "graph model: ridge, sgc or gears)", idle)
 
+    def graphs_by_use(self, prior, go) -> dict:
+        """``{use: prior if self.uses(use) else go}`` for every use of
+        :data:`~netformer.select.priors.PRIOR_USES` (``prior`` / ``go``: the two graphs, in any form)."""
+        from .priors import PRIOR_USES
+
+        return {use: prior if self.uses(use) else go for use in PRIOR_USES}
+
     def uses(self, use: str) -> bool:
         """Whether the prior's graph replaces GO for ``use`` (always False for prior ``go``)."""
         return self.prior != "go" and use in self.prior_uses
@@ -301,7 +308,8 @@ def _run_benchmark(data, graph, pool, test, config, edges, prior_kernels, settin
         priors = None
         if "iterpert" in config.strategies:
             name = config.prior if config.uses("kernel") else "go"
-            kern = go_kernel(sel.reach) if kernel_graph is None else graph_kernel(kernel_graph, pool, config.n_layers)
+            same = kernel_graph is None or kernel_graph is graph   # the selector's operator serves
+            kern = go_kernel(sel.reach) if same else graph_kernel(kernel_graph, pool, config.n_layers)
             priors = {name: kern, **(prior_kernels or {})}
         for strategy in config.strategies:
             for seed in config.seeds:
@@ -590,6 +598,14 @@ def benchmark_semisynthetic(config: BenchmarkConfig, synth_config=None, *, graph
     prior_e = None
     if config.prior != "go":   # made undirected on U, like the true graph
         prior_e = undirected_edges(GeneGraph.from_edges(prior_edges(config, genes, truth.edges), genes))
+    edges_for = config.graphs_by_use(prior_e, truth.edges)   # every draw keeps the truth's edges
+    base_edges = edges_for["selection"] if selection_edges is None else selection_edges
+
+    def graph_of(edges):   # the truth's GeneGraph is built already
+        return truth.graph if edges is truth.edges else GeneGraph.from_edges(edges, genes)
+
+    base_graph = graph_of(base_edges)
+    kernel_graph = base_graph if edges_for["kernel"] is base_edges else graph_of(edges_for["kernel"])
     frames = []
     for seed in config.seeds:
         t0 = time.perf_counter()
@@ -598,12 +614,9 @@ def benchmark_semisynthetic(config: BenchmarkConfig, synth_config=None, *, graph
         orders = {ORACLE: oracle_order(ss, config.schedule[-1])} if config.positive_control else {}
         priors = _expression_prior(sorted(ss.pool)) if expression_prior and "iterpert" in config.strategies else None
         cache: dict = {}
-        edges_for = {use: prior_e if config.uses(use) else ss.edges for use in ("selection", "kernel", "model")}
-        base_edges = edges_for["selection"] if selection_edges is None else selection_edges
-        kernel_graph = GeneGraph.from_edges(edges_for["kernel"], genes)
         for x in config.graph_noise:
-            sel_edges = base_edges if x == 0 else rewire_edges(base_edges, x, seed=seed, method=config.rewire)
-            sel_graph = GeneGraph.from_edges(sel_edges, genes)
+            sel_graph = base_graph if x == 0 else GeneGraph.from_edges(
+                rewire_edges(base_edges, x, seed=seed, method=config.rewire), genes)
             cfg = cfg1 if x == 0 else dataclasses.replace(cfg1, strategies=())
             frames.append(run_benchmark(ss.data, sel_graph, ss.pool, ss.test, cfg, edges=edges_for["model"],
                                         prior_kernels=priors, setting=setting, orders=orders, cache=cache,
@@ -641,13 +654,11 @@ def benchmark_file(path: str | Path, config: BenchmarkConfig, *, graph_path: str
     priors = _expression_prior(pool) if expression_prior and "iterpert" in config.strategies else None
     setting = f"real: {Path(path).name}{' ' + str(subset) if subset else ''} ({len(pool)} pool / {len(test)} test)"
     prior_e = prior_edges(config, singles, go_e) if config.prior != "go" else None
-    edges_for = {use: prior_e if config.uses(use) else go_e for use in ("selection", "kernel", "model")}
-    sel_graph = graph if edges_for["selection"] is go_e else GeneGraph.from_edges(edges_for["selection"])
-    kernel_graph = graph if edges_for["kernel"] is go_e else GeneGraph.from_edges(edges_for["kernel"])
+    graphs = config.graphs_by_use(GeneGraph.from_edges(prior_e) if prior_e is not None else None, graph)
     # the shared default GO graph as None: the models' operator cache then holds across calls
-    model_edges = prior_e if config.uses("model") else (go_e if graph_path is not None else None)
-    return run_benchmark(data, sel_graph, pool, test, config, edges=model_edges, prior_kernels=priors,
-                         setting=setting, kernel_graph=kernel_graph)
+    model_edges = config.graphs_by_use(prior_e, go_e if graph_path is not None else None)["model"]
+    return run_benchmark(data, graphs["selection"], pool, test, config, edges=model_edges, prior_kernels=priors,
+                         setting=setting, kernel_graph=graphs["kernel"])
 
 
 def prior_edges(config: BenchmarkConfig, candidates, go_edges: pd.DataFrame) -> pd.DataFrame:
